@@ -1,0 +1,164 @@
+"""`vlax <command>`: train, eval, stats, inspect-data, import-paligemma, export.
+
+Every command reports bad input as one line `error: ...` naming the culprit and exits 2;
+`--debug` (or VLAX_DEBUG=1) shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable, Sequence
+
+from vlax.errors import VlaxError
+
+
+def _split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates `--config.KEY=VALUE` (or `--config.KEY VALUE`) from the other arguments."""
+  rest, overrides = [], []
+  argv = list(argv)
+  i = 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config."):
+      body = arg[len("--config."):]
+      if "=" not in body:
+        if i + 1 >= len(argv):
+          raise VlaxError(f"{arg}: missing value")
+        body = f"{body}={argv[i + 1]}"
+        i += 1
+      overrides.append(body)
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides
+
+
+def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
+  from vlax.training import distributed
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  from vlax.config import load_config
+  from vlax.pipeline import make_data_iterator_fn
+  from vlax.training.trainer import train
+  config = load_config(args.config, overrides)
+  train(config, args.workdir, data_iterator_fn=make_data_iterator_fn(config, args.workdir))
+
+
+def _cmd_stats(args: argparse.Namespace, overrides: list[str]) -> None:
+  del overrides
+  from vlax.data.inspect import compute_and_print_stats
+  compute_and_print_stats(args.dataset, args.data_dir, out=args.out)
+
+
+def _cmd_inspect_data(args: argparse.Namespace, overrides: list[str]) -> None:
+  del overrides
+  from vlax.data.inspect import inspect_data
+  names = [n for n in args.dataset.split(",") if n]
+  summary = inspect_data(names, args.data_dir, batch_size=args.batch_size)
+  print(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def _cmd_import_paligemma(args: argparse.Namespace, overrides: list[str]) -> None:
+  del overrides
+  from vlax.checkpoints.pretrained import main_import
+  main_import(args.src, args.out)
+
+
+def _cmd_eval(args: argparse.Namespace, overrides: list[str]) -> None:
+  from vlax.evaluation.run import main_eval
+  main_eval(args, overrides)
+
+
+def _cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
+  del overrides
+  from vlax.inference.export import main_export
+  main_export(args.checkpoint, args.out, step=args.step, merge_lora=not args.keep_lora,
+              dtype=args.dtype)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="vlax", description="Vision-language-action policies in JAX.")
+  parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+  sub.required = True
+
+  p = sub.add_parser("train", help="train a policy (resumes from WORKDIR/checkpoints)",
+                     description="Train. Config keys are overridden with --config.KEY=VALUE.")
+  p.add_argument("--config", default=None,
+                 help="config file (path.py[:arg]); default: the embedded debug config")
+  p.add_argument("--workdir", required=True, help="output directory (local or gs://)")
+  p.add_argument("--coordinator_address", default=None, help="HOST:PORT of process 0")
+  p.add_argument("--num_processes", type=int, default=None)
+  p.add_argument("--process_id", type=int, default=None)
+  p.set_defaults(fn=_cmd_train)
+
+  p = sub.add_parser("eval", help="offline action-prediction evaluation (or a toy rollout)")
+  p.add_argument("--checkpoint", required=True, help="vlax checkpoint directory")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--out", required=True, help="output directory for report.json and plots")
+  p.add_argument("--config", default=None,
+                 help="config for the eval data (default: the checkpoint's training config)")
+  p.add_argument("--env", default=None, help="closed-loop toy environment, e.g. toy_reach")
+  p.add_argument("--episodes", type=int, default=20, help="episodes for --env")
+  p.add_argument("--max-batches", type=int, default=None, help="limit offline eval batches")
+  p.set_defaults(fn=_cmd_eval)
+
+  p = sub.add_parser("stats", help="compute (and cache) a dataset's normalization statistics")
+  p.add_argument("--dataset", required=True)
+  p.add_argument("--data-dir", required=True)
+  p.add_argument("--out", default=None, help="write the statistics JSON here")
+  p.set_defaults(fn=_cmd_stats)
+
+  p = sub.add_parser("inspect-data", help="print one batch of the robot pipeline as JSON")
+  p.add_argument("--dataset", required=True, help="NAME[,NAME...]")
+  p.add_argument("--data-dir", required=True)
+  p.add_argument("--batch-size", type=int, default=4)
+  p.set_defaults(fn=_cmd_inspect_data)
+
+  p = sub.add_parser("import-paligemma",
+                     help="convert released PaliGemma weights (HF dir or big_vision .npz)")
+  p.add_argument("src", help="HF PaliGemmaForConditionalGeneration directory or .npz")
+  p.add_argument("out", help="output vlax checkpoint directory")
+  p.set_defaults(fn=_cmd_import_paligemma)
+
+  p = sub.add_parser("export", help="write a self-contained release bundle of a checkpoint")
+  p.add_argument("checkpoint")
+  p.add_argument("out")
+  p.add_argument("--step", type=int, default=None)
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--keep-lora", action="store_true", help="do not merge LoRA adapters")
+  p.set_defaults(fn=_cmd_export)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  debug = "--debug" in argv or os.environ.get("VLAX_DEBUG") == "1"
+  try:
+    rest, overrides = _split_config_overrides(argv)
+    args = build_parser().parse_args(rest)
+    if overrides and args.command not in ("train", "eval"):
+      raise VlaxError(f"--config.* overrides are only for train/eval, not {args.command!r}")
+    fn: Callable[[argparse.Namespace, list[str]], None] = args.fn
+    fn(args, overrides)
+    return 0
+  except VlaxError as e:
+    if debug:
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except FileNotFoundError as e:
+    if debug:
+      raise
+    print(f"error: file not found: {e.filename or e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,117 @@
+"""The dataset registry: one declarative `DatasetSpec` per robot dataset.
+
+A spec says how a raw RLDS trajectory of that dataset becomes vlax's standardized
+trajectory: which observation keys are which cameras, how the action and proprio vectors
+are assembled from raw fields (including gripper convention fixes), where the language
+instruction lives, and which dimensions are normalized.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+from typing import Any, Callable, Mapping
+
+from vlax.errors import VlaxError
+
+# A raw trajectory: every RLDS step field stacked along a leading time axis T, nested like
+# the dataset's features (e.g. traj["observation"]["state"], traj["action"]["world_vector"]),
+# episode metadata broadcast to [T, ...] under traj["episode_metadata"]; images stay encoded
+# bytes (tf.string [T]). A standardizer returns
+#   {"action": float32 [T, A], "proprio": float32 [T, P] (P may be 0),
+#    "language_instruction": tf.string [T]}
+Trajectory = dict[str, Any]
+Standardizer = Callable[[Trajectory], Trajectory]
+
+
+class ActionEncoding(str, enum.Enum):
+  """What the action vector means (OXE's encodings plus a few more)."""
+
+  EEF_DELTA_7 = "eef_delta_7"  # xyz delta, roll-pitch-yaw delta, gripper (1 = open)
+  EEF_POS_7 = "eef_pos_7"  # absolute xyz, rpy, gripper
+  JOINT_POS = "joint_pos"  # joint angles (+ gripper)
+  JOINT_POS_BIMANUAL_14 = "joint_pos_bimanual_14"  # 2 x (6 joints + gripper)
+  EEF_DELTA_BIMANUAL_14 = "eef_delta_bimanual_14"
+  PLANAR_2 = "planar_2"  # 2-D end-effector delta (e.g. language_table)
+  BASE_AND_EEF = "base_and_eef"  # mobile base velocity + arm
+  OTHER = "other"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """How to read and standardize one RLDS dataset."""
+
+  name: str  # registry name == TFDS builder name
+  version: str  # TFDS version to read, e.g. "0.1.0"
+  image_keys: Mapping[str, str | None]  # camera (primary/secondary/wrist) -> raw obs key
+  standardize: Standardizer
+  action_dim: int
+  proprio_dim: int
+  action_encoding: ActionEncoding
+  action_normalization_mask: tuple[bool, ...]  # False = keep raw (gripper, flags)
+  proprio_normalization_mask: tuple[bool, ...] = ()
+  language_key: str | None = None  # where the instruction is read from (documentation)
+  gripper: str = "open=1 closed=0"  # raw convention and what standardize does about it
+  normalization_type: str = "bounds"  # "bounds" (q01/q99 -> [-1, 1]) or "normal"
+  train_split: str = "train[:95%]"
+  val_split: str = "train[95%:]"
+  control_hz: float | None = None
+  description: str = ""
+
+  def __post_init__(self):
+    if len(self.action_normalization_mask) != self.action_dim:
+      raise VlaxError(
+          f"dataset {self.name!r}: action_normalization_mask has "
+          f"{len(self.action_normalization_mask)} entries, action_dim is {self.action_dim}")
+    if self.proprio_normalization_mask and len(self.proprio_normalization_mask) != self.proprio_dim:
+      raise VlaxError(
+          f"dataset {self.name!r}: proprio_normalization_mask has "
+          f"{len(self.proprio_normalization_mask)} entries, proprio_dim is {self.proprio_dim}")
+    if self.normalization_type not in ("bounds", "normal"):
+      raise VlaxError(f"dataset {self.name!r}: unknown normalization_type "
+                      f"{self.normalization_type!r} (use 'bounds' or 'normal')")
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+# Modules whose import registers specs; loaded on first lookup.
+_CATALOG_MODULES = ("vlax.data.oxe.datasets", "vlax.data.oxe.toy")
+_catalog_loaded = False
+
+
+def register(spec: DatasetSpec, *, overwrite: bool = False) -> DatasetSpec:
+  """Adds `spec` to the registry (e.g. a user's own robot); returns it."""
+  if spec.name in _REGISTRY and not overwrite:
+    raise VlaxError(f"dataset {spec.name!r} is already registered")
+  _REGISTRY[spec.name] = spec
+  return spec
+
+
+def _load_catalog() -> None:
+  global _catalog_loaded
+  if _catalog_loaded:
+    return
+  _catalog_loaded = True
+  for module in _CATALOG_MODULES:
+    try:
+      importlib.import_module(module)
+    except ModuleNotFoundError as e:
+      if e.name != module:
+        raise
+
+
+def get_spec(name: str) -> DatasetSpec:
+  """The spec registered under `name`; a clear error listing near names otherwise."""
+  _load_catalog()
+  if name not in _REGISTRY:
+    import difflib
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise VlaxError(f"unknown dataset {name!r}{hint}; registered: {len(_REGISTRY)} datasets, "
+                    "see vlax.data.oxe.registry.list_datasets()")
+  return _REGISTRY[name]
+
+
+def list_datasets() -> list[str]:
+  _load_catalog()
+  return sorted(_REGISTRY)
