@@ -30,9 +30,12 @@ class ActionEncoding(str, enum.Enum):
 
   EEF_DELTA_7 = "eef_delta_7"  # xyz delta, roll-pitch-yaw delta, gripper (1 = open)
   EEF_POS_7 = "eef_pos_7"  # absolute xyz, rpy, gripper
+  EEF_DELTA_6 = "eef_delta_6"  # xyz delta, rpy delta, no gripper (e.g. cable routing)
+  EEF_DELTA_XYZ_4 = "eef_delta_xyz_4"  # xyz delta + gripper, no rotation (e.g. jaco_play)
   JOINT_POS = "joint_pos"  # joint angles (+ gripper)
   JOINT_POS_BIMANUAL_14 = "joint_pos_bimanual_14"  # 2 x (6 joints + gripper)
   EEF_DELTA_BIMANUAL_14 = "eef_delta_bimanual_14"
+  EEF_POS_BIMANUAL_14 = "eef_pos_bimanual_14"  # 2 x (absolute xyz, rpy, gripper)
   PLANAR_2 = "planar_2"  # 2-D end-effector delta (e.g. language_table)
   BASE_AND_EEF = "base_and_eef"  # mobile base velocity + arm
   OTHER = "other"
