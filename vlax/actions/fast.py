@@ -1,0 +1,173 @@
+"""FAST action tokenizer: DCT over time, scale + round, then BPE over the integers.
+
+Smooth chunks put their energy into a few low-frequency DCT coefficients, so after
+rounding most coefficients are 0 and BPE merges the long zero runs: fewer tokens for
+smooth motion than for noise (Pertsch et al., 2025, "FAST").
+
+Layout: coefficients of a chunk [K, A] are flattened frequency-major (all dims of
+frequency 0, then frequency 1, ...), so a truncated token string loses only the highest
+frequencies. Integers are shifted by the smallest value seen in `.fit` and mapped to
+unicode characters for the `tokenizers` BPE; values outside the fitted range are clipped.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterable
+
+import numpy as np
+
+from vlax.errors import VlaxError
+
+# First code point of the integer alphabet (CJK block: printable, no normalization).
+_BASE_CODEPOINT = 0x4E00
+
+
+@functools.lru_cache(maxsize=64)
+def dct_matrix(n: int) -> np.ndarray:
+  """Orthonormal DCT-II matrix C [n, n] (coefficients = C @ x, inverse = C.T @ c)."""
+  k = np.arange(n)[:, None]
+  t = np.arange(n)[None, :]
+  c = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * t + 1) * k / (2 * n))
+  c[0] /= np.sqrt(2.0)
+  return c
+
+
+class FASTTokenizer:
+  """DCT + BPE action tokenizer; ids 0..vocab_size-1 after `.fit(chunks)`."""
+
+  def __init__(self, vocab_size: int = 1024, scale: float = 10.0,
+               min_token: int | None = None, max_token: int | None = None,
+               bpe_json: str | None = None):
+    if vocab_size < 2:
+      raise VlaxError(f"FASTTokenizer: vocab_size must be >= 2, got {vocab_size}")
+    if not scale > 0:
+      raise VlaxError(f"FASTTokenizer: scale must be > 0, got {scale}")
+    self.vocab_size = int(vocab_size)
+    self.scale = float(scale)
+    self.min_token = None if min_token is None else int(min_token)
+    self.max_token = None if max_token is None else int(max_token)
+    self._bpe = None
+    self._id_to_ints: list[np.ndarray] | None = None
+    if bpe_json is not None:
+      self._load_bpe(bpe_json)
+
+  # --- DCT part (no BPE) ------------------------------------------------------------
+
+  def quantize(self, chunk: Any) -> np.ndarray:
+    """chunk [K, A] -> int coefficients [K*A], frequency-major."""
+    x = np.nan_to_num(np.asarray(chunk, np.float64))
+    if x.ndim == 1:
+      x = x[:, None]
+    coef = dct_matrix(x.shape[0]) @ x  # [K, A]: row k = frequency k of every dim
+    return np.rint(coef * self.scale).astype(np.int64).reshape(-1)
+
+  def dequantize(self, ints: Any, chunk_len: int, action_dim: int) -> np.ndarray:
+    """int coefficients (any length: padded with 0 / truncated) -> float32 [K, A]."""
+    n = int(chunk_len) * int(action_dim)
+    ints = np.asarray(ints, np.float64).reshape(-1)[:n]
+    coef = np.zeros([n], np.float64)
+    coef[:ints.size] = ints
+    coef = coef.reshape(chunk_len, action_dim) / self.scale
+    return (dct_matrix(int(chunk_len)).T @ coef).astype(np.float32)
+
+  # --- BPE --------------------------------------------------------------------------
+
+  @property
+  def fitted(self) -> bool:
+    return self._bpe is not None
+
+  def _ints_to_str(self, ints: np.ndarray) -> str:
+    ints = np.clip(ints, self.min_token, self.max_token) - self.min_token
+    return "".join(map(chr, (ints + _BASE_CODEPOINT).tolist()))
+
+  def _load_bpe(self, bpe_json: str) -> None:
+    from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
+    if self.min_token is None or self.max_token is None:
+      raise VlaxError("FASTTokenizer: a BPE needs min_token and max_token")
+    self._bpe = Tokenizer.from_str(bpe_json)
+    # Lookup table id -> the integers it spells (fast, tolerant decode).
+    table = []
+    size = self._bpe.get_vocab_size()
+    for i in range(size):
+      piece = self._bpe.id_to_token(i) or ""
+      table.append(np.array([ord(ch) - _BASE_CODEPOINT + self.min_token for ch in piece],
+                            np.int64))
+    self._id_to_ints = table
+    if size > self.vocab_size:
+      raise VlaxError(f"FASTTokenizer: BPE has {size} ids > vocab_size {self.vocab_size}")
+
+  def fit(self, chunks: Iterable[Any]) -> "FASTTokenizer":
+    """Learns the integer range and the BPE merges from normalized chunks [K, A].
+
+    Chunks may have different shapes (datasets with different action dims / horizons).
+    """
+    from tokenizers import Tokenizer, models, trainers  # pylint: disable=g-import-not-at-top
+    seqs = [self.quantize(c) for c in chunks]
+    if not seqs:
+      raise VlaxError("FASTTokenizer.fit: got no chunks")
+    allv = np.concatenate(seqs)
+    self.min_token, self.max_token = int(allv.min()), int(allv.max())
+    alphabet_size = self.max_token - self.min_token + 1
+    if alphabet_size > self.vocab_size:
+      raise VlaxError(
+          f"FASTTokenizer.fit: quantized DCT coefficients span {alphabet_size} integers "
+          f"({self.min_token}..{self.max_token}) > vocab_size {self.vocab_size}; lower "
+          f"scale ({self.scale}) or raise vocab_size (are the actions normalized?)")
+    alphabet = [chr(_BASE_CODEPOINT + i) for i in range(alphabet_size)]
+    bpe = Tokenizer(models.BPE())
+    trainer = trainers.BpeTrainer(vocab_size=self.vocab_size, min_frequency=2,
+                                  initial_alphabet=alphabet, limit_alphabet=alphabet_size,
+                                  special_tokens=[], show_progress=False)
+    bpe.train_from_iterator((self._ints_to_str(s) for s in seqs), trainer=trainer)
+    self._load_bpe(bpe.to_str())
+    return self
+
+  def _require_fit(self) -> None:
+    if self._bpe is None:
+      raise VlaxError("FASTTokenizer must be .fit(chunks) (or loaded with "
+                      "tokenizer_from_dict) before encode/decode")
+
+  def max_tokens(self, chunk_len: int, action_dim: int) -> int:
+    """Token budget: BPE never emits more tokens than coefficients (K * A)."""
+    return int(chunk_len) * int(action_dim)
+
+  def encode(self, chunk: Any) -> list[int]:
+    """chunk float [K, A] (normalized) -> BPE ids in [0, vocab_size)."""
+    self._require_fit()
+    return list(self._bpe.encode(self._ints_to_str(self.quantize(chunk))).ids)
+
+  def encode_batch(self, chunks: Iterable[Any]) -> list[list[int]]:
+    """Like `encode` for many chunks (one call into the Rust tokenizer)."""
+    self._require_fit()
+    strs = [self._ints_to_str(self.quantize(c)) for c in chunks]
+    return [list(e.ids) for e in self._bpe.encode_batch(strs)]
+
+  def decode(self, ids: Any, chunk_len: int, action_dim: int) -> np.ndarray:
+    """ids -> float32 [chunk_len, action_dim]; never raises on bad ids.
+
+    Unknown ids (negative, >= the BPE size) are dropped; a coefficient string of the
+    wrong length is zero-padded (missing high frequencies) or truncated.
+    """
+    self._require_fit()
+    table = self._id_to_ints
+    ids = np.asarray(ids).reshape(-1) if not isinstance(ids, list) else ids
+    parts = [table[i] for i in (int(j) for j in ids) if 0 <= i < len(table)]
+    ints = np.concatenate(parts) if parts else np.zeros([0], np.int64)
+    return self.dequantize(ints, chunk_len, action_dim)
+
+  # --- serialization ----------------------------------------------------------------
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"type": "fast", "vocab_size": self.vocab_size, "scale": self.scale,
+            "min_token": self.min_token, "max_token": self.max_token,
+            "bpe": None if self._bpe is None else self._bpe.to_str()}
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "FASTTokenizer":
+    return cls(vocab_size=d["vocab_size"], scale=d["scale"], min_token=d.get("min_token"),
+               max_token=d.get("max_token"), bpe_json=d.get("bpe"))
+
+  def __repr__(self) -> str:
+    return (f"FASTTokenizer(vocab_size={self.vocab_size}, scale={self.scale}, "
+            f"range=[{self.min_token}, {self.max_token}], fitted={self.fitted})")

@@ -1,0 +1,320 @@
+"""Co-training mixture: robot and web model examples -> fixed-shape per-host batches.
+
+Both streams are already in the model-batch format (`vlax.data.sequence`), so every
+batch has one shape whatever its mix. The web fraction follows `web_weight`, or a
+piecewise-linear `web_schedule` [(step, weight), ...] over training steps (RT-2 style:
+e.g. [(0, 0.5), (20000, 0.2)]). The choice is per example from a stateless RNG keyed by
+(seed, process, example position), and step = example position // per-host batch, so a
+schedule needs no tf.Variable and the stream is deterministic for a seed. Pass
+`start_step` when resuming so the schedule continues where it stopped.
+
+Multi-host: each process builds its own shard of the sources (the caller passes
+process_index / process_count to the robot and web readers) and yields
+global_batch_size / process_count examples per batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from vlax.data.sequence import DataCounters, SequenceBuilder, numpy_iterator
+from vlax.errors import VlaxError
+
+
+def _process_info(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise VlaxError(f"process_index {process_index} not in [0, {process_count})")
+  return int(process_index), int(process_count)
+
+
+def per_host_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size % process_count:
+    raise VlaxError(f"batch_size {global_batch_size} is not divisible by the number of "
+                    f"processes {process_count}")
+  return global_batch_size // process_count
+
+
+def web_weight_at(step, web_weight: float, web_schedule: Sequence[Sequence[float]] | None):
+  """Web fraction at `step` (tf or numpy): piecewise-linear schedule, flat outside it."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if not web_schedule:
+    return tf.constant(float(web_weight), tf.float32)
+  pts = sorted((float(s), float(w)) for s, w in web_schedule)
+  for s, w in pts:
+    if not 0.0 <= w <= 1.0:
+      raise VlaxError(f"web_schedule weight {w} at step {s} not in [0, 1]")
+  if len(pts) == 1:
+    return tf.constant(pts[0][1], tf.float32)
+  xs = tf.constant([p[0] for p in pts], tf.float32)
+  ys = tf.constant([p[1] for p in pts], tf.float32)
+  x = tf.cast(step, tf.float32)
+  i = tf.clip_by_value(tf.searchsorted(xs, tf.reshape(x, [1]), side="right")[0], 1,
+                       len(pts) - 1)
+  x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+  t = tf.clip_by_value((x - x0) / tf.maximum(x1 - x0, 1e-9), 0.0, 1.0)
+  y = y0 + t * (y1 - y0)
+  return tf.where(x <= xs[0], ys[0], tf.where(x >= xs[-1], ys[-1], y))
+
+
+def mix(robot, web, *, per_host_batch: int, web_weight: float = 0.5,
+        web_schedule: Sequence[Sequence[float]] | None = None, seed: int = 0,
+        process_index: int = 0, start_step: int = 0):
+  """Interleaves two (infinite) model-example streams; unbatched result."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if robot is None and web is None:
+    raise VlaxError("co-training mixture: no robot and no web data")
+  if web is None:
+    return robot
+  if robot is None:
+    return web
+  if not web_schedule and not 0.0 <= web_weight <= 1.0:
+    raise VlaxError(f"web_weight must be in [0, 1], got {web_weight}")
+  host_seed = np.int64(seed) * 1_000_003 + process_index
+  start = int(start_step) * per_host_batch
+
+  def choose(i):
+    i = i + start
+    u = tf.random.stateless_uniform(
+        [], seed=tf.stack([tf.constant(host_seed, tf.int64), i]))
+    w = web_weight_at(i // per_host_batch, web_weight, web_schedule)
+    return tf.cast(u < w, tf.int64)
+
+  choice = tf.data.Dataset.counter().map(choose)
+  return tf.data.Dataset.choose_from_datasets([robot, web], choice,
+                                              stop_on_empty_dataset=True)
+
+
+def make_cotrain_dataset(robot, web, *, global_batch_size: int, web_weight: float = 0.5,
+                         web_schedule: Sequence[Sequence[float]] | None = None,
+                         seed: int = 0, start_step: int = 0,
+                         process_index: int | None = None, process_count: int | None = None,
+                         prefetch: bool = True):
+  """Model-example streams -> batched tf.data (per-host batch, drop_remainder)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  pi, pc = _process_info(process_index, process_count)
+  bs = per_host_batch_size(global_batch_size, pc)
+  ds = mix(robot, web, per_host_batch=bs, web_weight=web_weight, web_schedule=web_schedule,
+           seed=seed, process_index=pi, start_step=start_step)
+  ds = ds.batch(bs, drop_remainder=True)
+  if prefetch:
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+  return ds
+
+
+class CotrainIterator:
+  """Iterator of numpy model batches; `.counters` holds the pipeline's drop counts."""
+
+  def __init__(self, dataset, counters: DataCounters, per_host_batch: int):
+    self.dataset = dataset
+    self.counters = counters
+    self.per_host_batch = per_host_batch
+    self._it = numpy_iterator(dataset)
+
+  def __iter__(self) -> "CotrainIterator":
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._it)
+
+
+def make_train_iterator(*, builder: SequenceBuilder, global_batch_size: int,
+                        robot_frames: Any = None, num_robot_datasets: int = 0,
+                        web_sources: Sequence[Any] = (), web_weight: float = 0.5,
+                        web_schedule: Sequence[Sequence[float]] | None = None,
+                        seed: int = 0, web_seed: int | None = None, start_step: int = 0,
+                        on_error: str = "skip",
+                        max_text_chars: int = 2000, shuffle_buffer: int = 1000,
+                        repeat: bool = True, process_index: int | None = None,
+                        process_count: int | None = None) -> CotrainIterator:
+  """The training input: robot frames + web sources -> iterator of numpy batches.
+
+  robot_frames: tf.data of standardized frames for THIS host (e.g. from
+    `vlax.data.robot.make_robot_dataset`, already sharded/shuffled/repeated), or None.
+  num_robot_datasets: datasets in the robot mixture (web dataset_index starts after them).
+  web_sources: `vlax.data.web.WebSource`s (empty = robot only).
+  Batches: dict of numpy arrays with the model-batch keys, leading dim
+  global_batch_size / process_count.
+  """
+  from vlax.data import web as web_lib  # pylint: disable=g-import-not-at-top
+  pi, pc = _process_info(process_index, process_count)
+  robot = builder.robot_dataset(robot_frames) if robot_frames is not None else None
+  web = None
+  if web_sources:
+    raw = web_lib.make_web_dataset(
+        web_sources, image_size=builder.config.image_size, on_error=on_error,
+        max_text_chars=max_text_chars, counters=builder.counters,
+        seed=seed if web_seed is None else web_seed,
+        shuffle_buffer=shuffle_buffer, repeat=repeat, process_index=pi, process_count=pc)
+    web = builder.web_dataset(raw, index_offset=num_robot_datasets)
+  ds = make_cotrain_dataset(robot, web, global_batch_size=global_batch_size,
+                            web_weight=web_weight, web_schedule=web_schedule, seed=seed,
+                            start_step=start_step, process_index=pi, process_count=pc)
+  return CotrainIterator(ds, builder.counters, per_host_batch_size(global_batch_size, pc))
+
+
+# --- config-driven entry point (what the training CLI calls) --------------------------
+
+
+def default_data_config():
+  """Every `config.data` key `make_data_iterator` reads, with defaults (debug-sized)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  c = ml_collections.ConfigDict()
+  c.robot_datasets = "toy"  # mixture name, or "name:weight,name:weight", or "" (none)
+  c.data_dir = ""  # "" with toy datasets: generated under <workdir>/toy_data
+  c.toy_episodes = 40
+  c.toy_episode_len = 20
+  c.stats_cache_dir = ""  # "" = the robot pipeline's default (<workdir>/cache for toy)
+  c.image_size = 64
+  c.cameras = ("primary", "wrist")
+  c.chunk_len = 4
+  c.history = 1
+  c.shuffle_buffer = 2000
+  c.augment = True
+  c.text_tokenizer = "toy"  # "toy" or a SentencePiece .model path (Gemma's tokenizer.model)
+  c.action_tokenizer = "bins"  # bins | quantile | fast
+  c.num_bins = 256
+  c.fast_vocab_size = 1024
+  c.fast_scale = 10.0
+  c.fit_chunks = 2000  # chunks used to fit FAST / quantile bins (same on every host)
+  c.action_vocab_start = -1  # -1 = default_action_vocab (see vlax.actions.vocab)
+  c.max_len = 64
+  c.prompt_template = "What action should the robot take to {instruction}?"
+  c.proprio_bins = 0
+  c.on_overlong = "drop"
+  c.web_sources = ({"kind": "toy", "num_examples": 1024},)  # WebSource fields per entry
+  c.web_weight = 0.5
+  c.web_schedule = ()  # ((step, weight), ...) piecewise linear; () = constant web_weight
+  c.web_on_error = "skip"
+  c.max_text_chars = 2000
+  c.web_shuffle_buffer = 1000
+  return c
+
+
+def _robot_entries(spec: Any) -> list[tuple[str, float]]:
+  from vlax.data import mixture as mixture_lib  # pylint: disable=g-import-not-at-top
+  from vlax.data.oxe import mixtures  # pylint: disable=g-import-not-at-top
+  if not spec:
+    return []
+  if isinstance(spec, str):
+    if spec in mixtures.MIXTURES:
+      return mixtures.get_mixture(spec)
+    spec = [s.strip() for s in spec.split(",") if s.strip()]
+  return mixture_lib.parse_datasets(list(spec))
+
+
+def make_data_iterator(config: Any, *, process_index: int, process_count: int,
+                       start_step: int = 0, workdir: str | None = None,
+                       train: bool = True, action_tokenizer_settings: dict | None = None
+                       ) -> tuple[CotrainIterator, dict]:
+  """Training (or eval) batches + checkpoint metadata from a training config.
+
+  Reads config.seed, config.batch_size and config.data.* (`default_data_config`).
+  Matches the trainer's `data_iterator_fn(config, process_index, process_count,
+  start_step) -> (iterator, metadata)` once `workdir` is bound. Shuffle seeds are folded
+  with start_step and process_index, so a resumed run does not replay the same order.
+  `action_tokenizer_settings` (a checkpoint's metadata["action_tokenizer"]) reuses a
+  fitted tokenizer instead of fitting one.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  from vlax.actions import (ActionVocab, BinTokenizer, default_action_vocab,  # pylint: disable=g-import-not-at-top
+                            make_action_tokenizer, tokenizer_from_dict)
+  from vlax.data import robot as robot_lib  # pylint: disable=g-import-not-at-top
+  from vlax.data import web as web_lib  # pylint: disable=g-import-not-at-top
+  from vlax.data.sequence import SequenceConfig, collect_action_chunks  # pylint: disable=g-import-not-at-top
+  from vlax.data.text_tokenizer import TextTokenizer, load_toy_tokenizer  # pylint: disable=g-import-not-at-top
+
+  d = default_data_config()
+  if "data" in config and config.data is not None:
+    unknown = sorted(set(dict(config.data)) - set(d.keys()))
+    if unknown:
+      raise VlaxError(f"config.data: unknown keys {unknown}; known: {sorted(d.keys())}")
+    d.update(dict(config.data))
+  seed = int(config.get("seed", 0))
+  data_seed = seed + 7919 * int(start_step)
+  image_size = int(d.image_size)
+  entries = _robot_entries(d.robot_datasets)
+  names = [n for n, _ in entries]
+  workdir = workdir or "."
+
+  data_dir, stats_cache = d.data_dir, d.stats_cache_dir or None
+  if entries and not data_dir:
+    from vlax.data.oxe import toy  # pylint: disable=g-import-not-at-top
+    if not all(n in toy.TOY_DATASETS for n in names):
+      raise VlaxError(f"config.data.data_dir is empty but the robot datasets {names} are "
+                      f"not the built-in toy ones")
+    data_dir = os.path.join(workdir, "toy_data" if process_count == 1
+                            else f"toy_data_p{process_index}")
+    toy.write_toy_robot_data(data_dir, num_episodes=int(d.toy_episodes),
+                             image_size=image_size, episode_len=int(d.toy_episode_len),
+                             datasets=names)
+    stats_cache = stats_cache or os.path.join(workdir, "cache")
+
+  cameras = tuple(d.cameras)
+  frames, statistics = None, {}
+  if entries:
+    common = dict(image_size=image_size, cameras=cameras, chunk_len=int(d.chunk_len),
+                  history=int(d.history), stats_cache_dir=stats_cache, progress=False)
+    frames, statistics = robot_lib.make_robot_dataset(
+        entries, data_dir, train=train, seed=data_seed,
+        shuffle_buffer=int(d.shuffle_buffer), augment=bool(d.augment) if train else False,
+        process_index=process_index, process_count=process_count, **common)
+
+  text = (load_toy_tokenizer() if d.text_tokenizer == "toy"
+          else TextTokenizer(d.text_tokenizer))
+  if action_tokenizer_settings:
+    tok = tokenizer_from_dict(dict(action_tokenizer_settings))
+  elif d.action_tokenizer == "fast":
+    tok = make_action_tokenizer("fast", vocab_size=int(d.fast_vocab_size),
+                                scale=float(d.fast_scale))
+  else:
+    tok = make_action_tokenizer(d.action_tokenizer, num_bins=int(d.num_bins))
+  if not getattr(tok, "fitted", True):
+    if not entries:
+      raise VlaxError(f"action tokenizer {d.action_tokenizer!r} must be fitted on robot "
+                      f"data, but config.data.robot_datasets is empty")
+    # The same unsharded stream (fixed seed, no augmentation) on every host and at every
+    # resume -> identical tokenizers.
+    fit_frames, _ = robot_lib.make_robot_dataset(
+        entries, data_dir, train=True, seed=0, shuffle_buffer=1, augment=False,
+        statistics=statistics, process_index=0, process_count=1, **common)
+    chunks = collect_action_chunks(fit_frames, int(d.fit_chunks))
+    if isinstance(tok, BinTokenizer):  # quantile bins: per-dim edges over padded dims
+      a_max = max(c.shape[1] for c in chunks)
+      padded = np.zeros((len(chunks), chunks[0].shape[0], a_max), np.float32)
+      mask = np.zeros(padded.shape, bool)
+      for i, c in enumerate(chunks):
+        padded[i, :, :c.shape[1]], mask[i, :, :c.shape[1]] = c, True
+      tok.fit(padded, mask)
+    else:
+      tok.fit(chunks)
+  if action_tokenizer_settings and "vocab" in action_tokenizer_settings:
+    vocab = ActionVocab.from_dict(action_tokenizer_settings["vocab"])
+  elif int(d.action_vocab_start) >= 0:
+    vocab = ActionVocab(int(d.action_vocab_start), tok.vocab_size)
+  else:
+    vocab = default_action_vocab(text.vocab_size, tok.vocab_size)
+
+  seq_cfg = SequenceConfig(
+      max_len=int(d.max_len), cameras=cameras, image_size=(image_size, image_size),
+      window=int(d.history), prompt_template=d.prompt_template,
+      proprio_bins=int(d.proprio_bins), on_overlong=d.on_overlong)
+  builder = SequenceBuilder(seq_cfg, text, tok, vocab)
+  web_sources = [web_lib.WebSource(**dict(s)) for s in (d.web_sources or ())]
+  it = make_train_iterator(
+      builder=builder, global_batch_size=int(config.batch_size), robot_frames=frames,
+      num_robot_datasets=len(entries), web_sources=web_sources,
+      web_weight=float(d.web_weight),
+      web_schedule=[tuple(p) for p in d.web_schedule] or None, seed=seed,
+      web_seed=data_seed, start_step=start_step, on_error=d.web_on_error, max_text_chars=int(d.max_text_chars),
+      shuffle_buffer=int(d.web_shuffle_buffer) if train else 1, repeat=train,
+      process_index=process_index, process_count=process_count)
+  web_names = [s.display_name for s in web_sources]
+  meta = builder.metadata(dataset_names=names + web_names, chunk_len=int(d.chunk_len),
+                          statistics=statistics)
+  return it, meta
