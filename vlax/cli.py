@@ -36,14 +36,46 @@ def _split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   return rest, overrides
 
 
+def _data_fns(workdir: str):
+  """The trainer's data callables, bound to `workdir` (toy data and stats caches live there).
+
+  On resume the checkpoint's fitted action tokenizer is reused, so FAST/quantile bins
+  never change under a running model.
+  """
+  from vlax.checkpoints import format as ckpt_format
+  from vlax.data import cotrain
+
+  def settings():
+    root = os.path.join(workdir, "checkpoints")
+    if ckpt_format.latest_step(root) is None:
+      return None
+    return ckpt_format.read_metadata(root).get("action_tokenizer") or None
+
+  def train_fn(config, process_index, process_count, start_step):
+    return cotrain.make_data_iterator(
+        config, process_index=process_index, process_count=process_count,
+        start_step=start_step, workdir=workdir, action_tokenizer_settings=settings())
+
+  def eval_fn(config, process_index, process_count):
+    it, _ = cotrain.make_data_iterator(
+        config, process_index=process_index, process_count=process_count, workdir=workdir,
+        train=False, action_tokenizer_settings=settings())
+    return it
+
+  return train_fn, eval_fn
+
+
 def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
   from vlax.training import distributed
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   from vlax.config import load_config
-  from vlax.pipeline import make_data_iterator_fn
   from vlax.training.trainer import train
   config = load_config(args.config, overrides)
-  train(config, args.workdir, data_iterator_fn=make_data_iterator_fn(config, args.workdir))
+  train_fn, eval_fn = _data_fns(args.workdir)
+  summary = train(config, args.workdir, data_iterator_fn=train_fn,
+                  eval_iterator_fn=eval_fn if int(config.get("eval_every", 0)) else None)
+  print(json.dumps({k: summary[k] for k in ("step", "preempted", "resumed_from", "seconds")
+                    if k in summary}, default=str))
 
 
 def _cmd_stats(args: argparse.Namespace, overrides: list[str]) -> None:

@@ -1,0 +1,57 @@
+"""Pretrain on the Open X-Embodiment "magic soup" from PaliGemma 3B weights, pod-sized.
+
+Set the data and the starting weights (import them once with `vlax import-paligemma`):
+
+  vlax train --config experiments/pretrain_oxe.py --workdir gs://BUCKET/runs/oxe \\
+      --config.data.data_dir=gs://BUCKET/oxe \\
+      --config.init_from=gs://BUCKET/paligemma-3b-pt-224-vlax \\
+      --config.data.text_tokenizer=gs://BUCKET/paligemma-3b-pt-224/tokenizer.model
+"""
+
+from vlax.data.cotrain import default_data_config
+from vlax.training.trainer import default_train_config
+
+
+def get_config(arg: str | None = None):
+  del arg
+  c = default_train_config()
+  c.num_steps = 300_000
+  c.batch_size = 2048  # global, e.g. 8 per chip on a v4-512
+  c.seed = 42
+  c.log_every = 100
+  c.checkpoint_every = 2000
+  c.keep_checkpoints = 3
+  c.keep_best = 1
+  c.eval_every = 2000
+  c.eval_steps = 20
+  c.init_from = ""  # a vlax checkpoint of imported PaliGemma weights
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1  # FSDP over every chip
+
+  c.model.preset = "paligemma_3b"
+  c.model.dtype = "bfloat16"  # bf16 compute, fp32 master params
+  c.model.remat = True
+
+  c.optimizer.name = "adamw"
+  c.optimizer.lr = 1e-4
+  c.optimizer.warmup_steps = 2000
+  c.optimizer.schedule = "cosine"
+  c.optimizer.end_lr_ratio = 0.05
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.clip_norm = 1.0
+
+  c.data = default_data_config()
+  c.data.robot_datasets = "oxe_magic_soup"
+  c.data.data_dir = ""  # required: local path or gs:// holding the RLDS datasets
+  c.data.stats_cache_dir = ""  # default: next to the data
+  c.data.image_size = 224
+  c.data.cameras = ("primary", "wrist")
+  c.data.chunk_len = 4
+  c.data.shuffle_buffer = 250_000
+  c.data.text_tokenizer = ""  # required: Gemma's tokenizer.model (from the release)
+  c.data.action_tokenizer = "bins"
+  c.data.num_bins = 256
+  c.data.max_len = 96
+  c.data.web_sources = ()
+  c.data.web_weight = 0.0
+  c.logging.wandb = False
+  return c

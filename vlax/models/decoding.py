@@ -1,0 +1,92 @@
+"""Greedy decoding: with the explicit KV cache (fast) and by full re-computation (reference).
+
+Both take right-padded prompts of different lengths: every example continues after its
+own last valid token. Each is compiled once per (config, num_steps, input shapes): the
+jitted function is cached per (config, num_steps) and jax.jit caches per shape.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from vlax.models.config import VLAConfig
+from vlax.models.vla import VLA
+
+# Incremented at trace time: tests use it to check that a call does not retrace.
+TRACE_COUNTS = {"greedy_decode": 0, "greedy_decode_recompute": 0}
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_greedy(config: VLAConfig, num_steps: int):
+  model = VLA(config)
+
+  @jax.jit
+  def run(params, images, image_mask, tokens, input_mask, prefix_mask):
+    TRACE_COUNTS["greedy_decode"] += 1
+    seq = images.shape[1] * config.vision.num_patches + tokens.shape[1]
+    logits, cache = model.apply({"params": params}, images, image_mask, tokens, input_mask,
+                                prefix_mask, seq + num_steps, method=VLA.prefill)
+    first = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def step(carry, _):
+      token, cache = carry
+      logits, cache = model.apply({"params": params}, token, cache, method=VLA.decode_step)
+      nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+      return (nxt, cache), nxt
+
+    _, rest = jax.lax.scan(step, (first, cache), None, length=num_steps - 1)
+    return jnp.concatenate([first[:, None], rest.T], axis=1)
+
+  return run
+
+
+def greedy_decode(model: VLA, params, images, image_mask, tokens, input_mask, prefix_mask,
+                  num_steps: int) -> jax.Array:
+  """Greedy tokens int32 [B, num_steps] after each example's prompt, using the KV cache."""
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+  fn = _cached_greedy(model.config, int(num_steps))
+  return fn(params, images, image_mask, tokens, input_mask, prefix_mask)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_recompute(config: VLAConfig, num_steps: int):
+  model = VLA(config)
+
+  @jax.jit
+  def run(params, images, image_mask, tokens, input_mask, prefix_mask):
+    TRACE_COUNTS["greedy_decode_recompute"] += 1
+    b, l = tokens.shape
+    pad = ((0, 0), (0, num_steps))
+    tokens = jnp.pad(tokens, pad)
+    input_mask = jnp.pad(input_mask.astype(bool), pad)
+    prefix_mask = jnp.pad(prefix_mask.astype(bool), pad)
+    last = jnp.max(jnp.where(input_mask, jnp.arange(l + num_steps)[None], 0), axis=1)
+    rows = jnp.arange(b)
+
+    def step(t, carry):
+      tokens, input_mask, prefix_mask, out = carry
+      logits = model.apply({"params": params}, images, image_mask, tokens, input_mask, prefix_mask)
+      nxt = jnp.argmax(logits[rows, last + t], axis=-1).astype(jnp.int32)
+      at = last + t + 1
+      tokens = tokens.at[rows, at].set(nxt)
+      input_mask = input_mask.at[rows, at].set(True)
+      prefix_mask = prefix_mask.at[rows, at].set(False)
+      return tokens, input_mask, prefix_mask, out.at[:, t].set(nxt)
+
+    out = jnp.zeros((b, num_steps), jnp.int32)
+    return jax.lax.fori_loop(0, num_steps, step, (tokens, input_mask, prefix_mask, out))[3]
+
+  return run
+
+
+def greedy_decode_recompute(model: VLA, params, images, image_mask, tokens, input_mask,
+                            prefix_mask, num_steps: int) -> jax.Array:
+  """Same tokens as greedy_decode, re-running the full forward pass for every new token."""
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+  fn = _cached_recompute(model.config, int(num_steps))
+  return fn(params, images, image_mask, tokens, input_mask, prefix_mask)
