@@ -1,0 +1,129 @@
+"""Registry entries and writer of the built-in toy datasets `toy_reach_a` / `toy_reach_b`.
+
+The debug config trains on these (two embodiments with different action spaces and
+cameras, see `vlax.data.toy_env`). `write_toy_robot_data(data_dir)` generates them as real
+RLDS/TFDS datasets in a few seconds; `data_pipelines/make_toy_robot_data.py` is its CLI.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from vlax.data.oxe.registry import ActionEncoding, DatasetSpec, register, _REGISTRY
+
+VERSION = "1.0.0"
+TOY_DATASETS = {"toy_reach_a": "a", "toy_reach_b": "b"}
+
+
+def _standardize_toy(traj: dict[str, Any]) -> dict[str, Any]:
+  return {
+      "action": traj["action"],
+      "proprio": traj["observation"]["state"],
+      "language_instruction": traj["language_instruction"],
+  }
+
+
+def _register() -> None:
+  specs = [
+      DatasetSpec(
+          name="toy_reach_a", version=VERSION, image_keys={"primary": "image"},
+          standardize=_standardize_toy, action_dim=3, proprio_dim=2,
+          action_encoding=ActionEncoding.PLANAR_2,
+          action_normalization_mask=(True, True, False),
+          proprio_normalization_mask=(True, True),
+          language_key="language_instruction", gripper="close=1 open=0 (toy)",
+          description="Toy planar reaching: [dx, dy, gripper], one top-down camera."),
+      DatasetSpec(
+          name="toy_reach_b", version=VERSION,
+          image_keys={"primary": "image", "wrist": "wrist_image"},
+          standardize=_standardize_toy, action_dim=4, proprio_dim=4,
+          action_encoding=ActionEncoding.OTHER,
+          action_normalization_mask=(True, True, True, False),
+          proprio_normalization_mask=(True, True, True, False),
+          language_key="language_instruction", gripper="close=1 open=0 (toy)",
+          description="Toy 3-D reaching: [dx, dy, dz, gripper], top-down + wrist cameras."),
+  ]
+  for spec in specs:
+    if spec.name not in _REGISTRY:
+      register(spec)
+
+
+_register()
+
+
+def toy_features(embodiment: str, image_size: int):
+  """TFDS features of a toy dataset (RLDS layout, JPEG images)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from vlax.data.toy_env import EMBODIMENTS  # pylint: disable=g-import-not-at-top
+  e = EMBODIMENTS[embodiment]
+  img = lambda: tfds.features.Image(shape=(image_size, image_size, 3),
+                                    encoding_format="jpeg")
+  obs = {"image": img(), "state": tfds.features.Tensor(shape=(e["proprio_dim"],),
+                                                        dtype=np.float32)}
+  if "wrist" in e["cameras"]:
+    obs["wrist_image"] = img()
+  return tfds.features.FeaturesDict({
+      "steps": tfds.features.Dataset({
+          "observation": obs,
+          "action": tfds.features.Tensor(shape=(e["action_dim"],), dtype=np.float32),
+          "language_instruction": tfds.features.Text(),
+          "reward": tfds.features.Scalar(dtype=np.float32),
+          "discount": tfds.features.Scalar(dtype=np.float32),
+          "is_first": tfds.features.Scalar(dtype=np.bool_),
+          "is_last": tfds.features.Scalar(dtype=np.bool_),
+          "is_terminal": tfds.features.Scalar(dtype=np.bool_),
+      }),
+      "episode_metadata": {"episode_id": tfds.features.Scalar(dtype=np.int32)},
+  })
+
+
+def toy_episodes(embodiment: str, num_episodes: int, *, image_size: int = 64,
+                 episode_len: int = 20, seed: int = 0):
+  """Yields RLDS episodes of the oracle policy in ToyReachEnv (deterministic in seed)."""
+  from vlax.data.toy_env import ToyReachEnv, rollout_oracle  # pylint: disable=g-import-not-at-top
+  env = ToyReachEnv(embodiment, image_size=image_size, max_steps=episode_len, seed=seed)
+  for i in range(num_episodes):
+    steps = rollout_oracle(env, seed=seed * 100_003 + i)
+    out = []
+    for t, s in enumerate(steps):
+      o = s["observation"]
+      obs = {"image": o["image_primary"], "state": o["proprio"]}
+      if "image_wrist" in o:
+        obs["wrist_image"] = o["image_wrist"]
+      last = t == len(steps) - 1
+      out.append({"observation": obs, "action": s["action"],
+                  "language_instruction": o["instruction"], "reward": float(last),
+                  "discount": 1.0, "is_first": t == 0, "is_last": last,
+                  "is_terminal": last})
+    yield {"steps": out, "episode_metadata": {"episode_id": i}}
+
+
+def write_toy_robot_data(data_dir: str, *, num_episodes: int = 100, image_size: int = 64,
+                         episode_len: int = 20, seed: int = 0, num_shards: int = 2,
+                         datasets: Sequence[str] = tuple(TOY_DATASETS),
+                         overwrite: bool = False) -> dict[str, str]:
+  """Writes the toy RLDS datasets under `data_dir`; returns {name: version dir}.
+
+  Skips a dataset whose version directory already exists unless `overwrite`.
+  Each dataset gets its own seed stream (`seed` + index), so a and b differ.
+  """
+  from vlax.data import rlds  # pylint: disable=g-import-not-at-top
+  out = {}
+  for k, name in enumerate(datasets):
+    if name not in TOY_DATASETS:
+      raise ValueError(f"unknown toy dataset {name!r}; use {list(TOY_DATASETS)}")
+    path = os.path.join(str(data_dir), name, VERSION)
+    if not overwrite and os.path.exists(os.path.join(path, "dataset_info.json")):
+      out[name] = path
+      continue
+    emb = TOY_DATASETS[name]
+    out[name] = rlds.write_rlds(
+        name, data_dir, toy_features(emb, image_size),
+        toy_episodes(emb, num_episodes, image_size=image_size, episode_len=episode_len,
+                     seed=seed + k),
+        version=VERSION, num_shards=num_shards,
+        description=f"vlax toy reaching data, embodiment {emb}")
+  return out

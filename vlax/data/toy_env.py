@@ -1,0 +1,165 @@
+"""ToyReach: a tiny, fast, seeded reaching environment with two embodiments.
+
+Several coloured blocks lie on a table seen from above; the instruction names one
+("move to the red block"). The correct action is a clipped step from the end effector
+towards the named block, so it is a learnable function of the image and the instruction.
+The same class generates the debug config's RLDS data (`data_pipelines/
+make_toy_robot_data.py`) and can roll out a policy.
+
+Embodiments (different action spaces and cameras on purpose):
+  * "a" (`toy_reach_a`): planar. action = [dx, dy, gripper] (3-D), proprio = [x, y],
+    one camera: primary.
+  * "b" (`toy_reach_b`): 3-D arm starting above the table. action = [dx, dy, dz, gripper]
+    (4-D), proprio = [x, y, z, gripper], cameras: primary (top-down, the end effector drawn
+    larger the higher it is) and wrist (a zoomed view centred on the end effector).
+Positions are in [-1, 1]; gripper is 1 (close) when within `grasp_radius` of the target,
+else 0 (raw, not normalized).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 190, 60),
+    "blue": (50, 80, 230),
+    "yellow": (230, 210, 40),
+    "purple": (150, 60, 200),
+}
+EMBODIMENTS = {
+    "a": {"action_dim": 3, "proprio_dim": 2, "cameras": ("primary",)},
+    "b": {"action_dim": 4, "proprio_dim": 4, "cameras": ("primary", "wrist")},
+}
+BACKGROUND = (90, 90, 90)
+
+
+class ToyReachEnv:
+  """reset() -> observation; step(action) -> (observation, reward, done, info)."""
+
+  def __init__(self, embodiment: str = "a", *, image_size: int = 64, num_blocks: int = 3,
+               max_steps: int = 20, max_step_size: float = 0.15,
+               grasp_radius: float = 0.1, seed: int = 0):
+    if embodiment not in EMBODIMENTS:
+      raise ValueError(f"unknown embodiment {embodiment!r}; use one of {list(EMBODIMENTS)}")
+    if not 1 <= num_blocks <= len(COLORS):
+      raise ValueError(f"num_blocks must be in [1, {len(COLORS)}]")
+    self.embodiment = embodiment
+    self.action_dim = EMBODIMENTS[embodiment]["action_dim"]
+    self.proprio_dim = EMBODIMENTS[embodiment]["proprio_dim"]
+    self.cameras = EMBODIMENTS[embodiment]["cameras"]
+    self.image_size = image_size
+    self.num_blocks = num_blocks
+    self.max_steps = max_steps
+    self.max_step_size = max_step_size
+    self.grasp_radius = grasp_radius
+    self.rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:image_size, 0:image_size]
+    # Pixel centres in world coordinates ([-1, 1], y up).
+    self._px = (xx + 0.5) / image_size * 2 - 1
+    self._py = 1 - (yy + 0.5) / image_size * 2
+    self.reset()
+
+  @property
+  def dim(self) -> int:
+    return 3 if self.embodiment == "b" else 2
+
+  def reset(self, seed: int | None = None) -> dict[str, Any]:
+    if seed is not None:
+      self.rng = np.random.default_rng(seed)
+    names = list(COLORS)
+    self.block_colors = [names[i] for i in
+                         self.rng.choice(len(names), self.num_blocks, replace=False)]
+    # Blocks spread out so that targets are distinguishable.
+    pos = []
+    while len(pos) < self.num_blocks:
+      p = self.rng.uniform(-0.75, 0.75, 2)
+      if all(np.linalg.norm(p - q) > 0.35 for q in pos):
+        pos.append(p)
+    self.block_pos = np.array(pos, np.float32)
+    self.target = int(self.rng.integers(self.num_blocks))
+    self.instruction = f"move to the {self.block_colors[self.target]} block"
+    self.pos = np.zeros(self.dim, np.float32)
+    self.pos[:2] = self.rng.uniform(-0.9, 0.9, 2)
+    if self.dim == 3:
+      self.pos[2] = self.rng.uniform(0.3, 0.8)
+    self.gripper = 0.0
+    self.t = 0
+    return self.observation()
+
+  def target_position(self) -> np.ndarray:
+    t = np.zeros(self.dim, np.float32)
+    t[:2] = self.block_pos[self.target]
+    return t
+
+  def oracle_action(self) -> np.ndarray:
+    """The correct action: clipped step towards the target block, gripper closes there."""
+    delta = np.clip(self.target_position() - self.pos, -self.max_step_size,
+                    self.max_step_size)
+    dist = float(np.linalg.norm(self.target_position() - self.pos))
+    close = 1.0 if dist - np.linalg.norm(delta) < self.grasp_radius else 0.0
+    return np.concatenate([delta, [close]]).astype(np.float32)
+
+  def step(self, action) -> tuple[dict[str, Any], float, bool, dict[str, Any]]:
+    action = np.asarray(action, np.float32).reshape(-1)
+    if action.shape[0] != self.action_dim:
+      raise ValueError(f"embodiment {self.embodiment!r} takes {self.action_dim}-D actions, "
+                       f"got {action.shape[0]}")
+    delta = np.clip(action[:self.dim], -self.max_step_size, self.max_step_size)
+    self.pos = np.clip(self.pos + delta, -1.0, 1.0).astype(np.float32)
+    if self.dim == 3:
+      self.pos[2] = max(self.pos[2], 0.0)
+    self.gripper = float(action[-1] > 0.5)
+    self.t += 1
+    dist = float(np.linalg.norm(self.target_position() - self.pos))
+    success = dist < self.grasp_radius and self.gripper > 0.5
+    done = self.t >= self.max_steps
+    return self.observation(), -dist, done, {"success": success, "distance": dist}
+
+  def proprio(self) -> np.ndarray:
+    if self.embodiment == "a":
+      return self.pos.copy()
+    return np.concatenate([self.pos, [self.gripper]]).astype(np.float32)
+
+  def _draw(self, cx: float, cy: float, scale: float) -> np.ndarray:
+    """Top-down view centred at (cx, cy) with world half-width `scale`."""
+    wx = cx + self._px * scale
+    wy = cy + self._py * scale
+    img = np.empty((self.image_size, self.image_size, 3), np.uint8)
+    img[:] = BACKGROUND
+    half = 0.09
+    for color, p in zip(self.block_colors, self.block_pos):
+      m = (np.abs(wx - p[0]) < half) & (np.abs(wy - p[1]) < half)
+      img[m] = COLORS[color]
+    r = 0.08 + (0.06 * self.pos[2] if self.dim == 3 else 0.0)
+    d2 = (wx - self.pos[0]) ** 2 + (wy - self.pos[1]) ** 2
+    img[(d2 < r * r) & (d2 > (0.6 * r) ** 2)] = (255, 255, 255)
+    return img
+
+  def render(self, camera: str = "primary") -> np.ndarray:
+    if camera == "primary":
+      return self._draw(0.0, 0.0, 1.0)
+    if camera == "wrist" and "wrist" in self.cameras:
+      return self._draw(float(self.pos[0]), float(self.pos[1]), 0.4)
+    raise ValueError(f"embodiment {self.embodiment!r} has no camera {camera!r}")
+
+  def observation(self) -> dict[str, Any]:
+    obs = {f"image_{c}": self.render(c) for c in self.cameras}
+    obs["proprio"] = self.proprio()
+    obs["instruction"] = self.instruction
+    return obs
+
+
+def rollout_oracle(env: ToyReachEnv, seed: int | None = None) -> list[dict[str, Any]]:
+  """One episode of the oracle policy: a list of (observation, action) steps."""
+  obs = env.reset(seed)
+  steps = []
+  for _ in range(env.max_steps):
+    action = env.oracle_action()
+    steps.append({"observation": obs, "action": action})
+    obs, _, done, _ = env.step(action)
+    if done:
+      break
+  return steps
