@@ -16,13 +16,13 @@ from vlax.training.trainer import default_train_config
 def get_config(arg: str | None = None):
   del arg
   c = default_train_config()
-  c.num_steps = 400
+  c.num_steps = 300
   c.batch_size = 16
   c.seed = 0
   c.log_every = 20
-  c.checkpoint_every = 200
+  c.checkpoint_every = 100
   c.keep_checkpoints = 2
-  c.eval_every = 200
+  c.eval_every = 100
   c.eval_steps = 2
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
 

@@ -110,6 +110,13 @@ def _cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
               dtype=args.dtype)
 
 
+def _cmd_serve(args: argparse.Namespace, overrides: list[str]) -> None:
+  del overrides
+  from vlax.inference.server import serve
+  serve(args.checkpoint, host=args.host, port=args.port, step=args.step,
+        dataset=args.dataset, warmup=not args.no_warmup)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="vlax", description="Vision-language-action policies in JAX.")
@@ -163,11 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--keep-lora", action="store_true", help="do not merge LoRA adapters")
   p.set_defaults(fn=_cmd_export)
+
+  p = sub.add_parser("serve", help="serve a policy over HTTP (JSON; localhost by default)")
+  p.add_argument("checkpoint")
+  p.add_argument("--step", type=int, default=None)
+  p.add_argument("--dataset", default=None, help="statistics key (robot) to unnormalize with")
+  p.add_argument("--host", default="127.0.0.1")
+  p.add_argument("--port", type=int, default=8000)
+  p.add_argument("--no-warmup", action="store_true")
+  p.set_defaults(fn=_cmd_serve)
   return parser
+
+
+def _quiet_backends() -> None:
+  """Keeps TensorFlow's C++ INFO/WARNING lines out of the terminal (set before TF loads)."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  _quiet_backends()
   debug = "--debug" in argv or os.environ.get("VLAX_DEBUG") == "1"
   try:
     rest, overrides = _split_config_overrides(argv)

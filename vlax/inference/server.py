@@ -1,0 +1,225 @@
+"""`vlax serve`: a small JSON-over-HTTP policy server (stdlib only, localhost by default).
+
+Endpoints:
+  GET  /health -> {"status": "ok", "datasets": [...], "cameras": [...], "chunk_len": K,
+                   "action_dims": {dataset: A}, "max_len": L}
+  POST /act    <- {"instruction": str,
+                   "observation": {"image_<camera>": IMAGE, ..., "proprio": [float, ...]},
+                   "dataset": str (optional when the checkpoint has one dataset),
+                   "return_tokens": bool (optional)}
+               -> {"actions": [[float] * A] * K, "dataset": str, "chunk_len": K,
+                   "action_dim": A, "latency_s": float[, "tokens": [int, ...]]}
+  IMAGE is base64 of a PNG/JPEG file, or {"b64": base64 of raw uint8 bytes,
+  "shape": [H, W, 3]} (no encode/decode cost); null = camera missing.
+
+Bad requests get status 400 and {"error": message naming the field}; the server keeps
+running. Predictions are serialized with a lock (one model, one device).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import http.server
+import io
+import json
+import threading
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from vlax.errors import VlaxError
+
+MAX_BODY_BYTES = 64 << 20
+ALLOWED_FIELDS = ("instruction", "observation", "dataset", "return_tokens")
+
+
+def encode_image(image: np.ndarray, raw: bool = True) -> Any:
+  """uint8 [H, W, 3] -> the JSON IMAGE form (raw bytes + shape, or base64 PNG)."""
+  image = np.ascontiguousarray(image, np.uint8)
+  if raw:
+    return {"b64": base64.b64encode(image.tobytes()).decode("ascii"),
+            "shape": list(image.shape)}
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="PNG")
+  return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_image(value: Any, key: str) -> np.ndarray | None:
+  """The JSON IMAGE form -> uint8 [H, W, 3] (or None); VlaxError names the key."""
+  if value is None:
+    return None
+  if isinstance(value, Mapping):
+    if "b64" not in value or "shape" not in value:
+      raise VlaxError(f"observation[{key!r}]: a raw image needs 'b64' and 'shape', got "
+                      f"keys {sorted(value)}")
+    try:
+      data = base64.b64decode(value["b64"], validate=True)
+      shape = tuple(int(s) for s in value["shape"])
+    except (binascii.Error, TypeError, ValueError) as e:
+      raise VlaxError(f"observation[{key!r}]: bad raw image ({e})") from None
+    if int(np.prod(shape)) != len(data):
+      raise VlaxError(f"observation[{key!r}]: {len(data)} bytes do not fill shape "
+                      f"{list(shape)} (uint8)")
+    return np.frombuffer(data, np.uint8).reshape(shape)
+  if not isinstance(value, str):
+    raise VlaxError(f"observation[{key!r}] must be a base64 PNG/JPEG string or "
+                    f"{{'b64', 'shape'}}, got {type(value).__name__}")
+  try:
+    data = base64.b64decode(value, validate=True)
+  except (binascii.Error, ValueError) as e:
+    raise VlaxError(f"observation[{key!r}]: not valid base64 ({e})") from None
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(io.BytesIO(data)) as img:
+      return np.asarray(img.convert("RGB"), np.uint8)
+  except (UnidentifiedImageError, OSError) as e:
+    raise VlaxError(f"observation[{key!r}]: not a decodable image ({e})") from None
+
+
+def parse_request(body: bytes) -> dict[str, Any]:
+  """Request JSON -> {instruction, observation (numpy), dataset, return_tokens}."""
+  try:
+    req = json.loads(body.decode("utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise VlaxError(f"request body is not JSON: {e}") from None
+  if not isinstance(req, dict):
+    raise VlaxError(f"request must be a JSON object, got {type(req).__name__}")
+  unknown = sorted(set(req) - set(ALLOWED_FIELDS))
+  if unknown:
+    raise VlaxError(f"unknown request field(s) {unknown}; allowed: {list(ALLOWED_FIELDS)}")
+  instruction = req.get("instruction")
+  if not isinstance(instruction, str) or not instruction.strip():
+    raise VlaxError("request field 'instruction' must be a non-empty string")
+  obs_in = req.get("observation")
+  if not isinstance(obs_in, dict):
+    raise VlaxError("request field 'observation' must be an object of camera images")
+  obs: dict[str, Any] = {}
+  for key, value in obs_in.items():
+    if key.startswith("image_") and key.endswith("_mask"):
+      obs[key] = bool(value)
+    elif key.startswith("image_"):
+      obs[key] = decode_image(value, key)  # None: camera missing (masked)
+    elif key in ("proprio", "proprio_mask"):
+      try:
+        obs[key] = np.asarray(value, bool if key == "proprio_mask" else np.float32)
+      except (TypeError, ValueError) as e:
+        raise VlaxError(f"observation[{key!r}] must be a list of numbers: {e}") from None
+    else:
+      raise VlaxError(f"unknown observation key {key!r} (expected image_<camera>, "
+                      f"image_<camera>_mask, proprio, proprio_mask)")
+  dataset = req.get("dataset")
+  if dataset is not None and not isinstance(dataset, str):
+    raise VlaxError("request field 'dataset' must be a string")
+  return {"instruction": instruction, "observation": obs, "dataset": dataset,
+          "return_tokens": bool(req.get("return_tokens", False))}
+
+
+def health(policy) -> dict[str, Any]:
+  dims = {}
+  for key in policy.dataset_keys:
+    try:
+      dims[key] = policy.action_dim(key)
+    except VlaxError:  # unusable statistics: /act answers 400 for this key
+      dims[key] = None
+  return {"status": "ok", "datasets": policy.dataset_keys, "cameras": list(policy.cameras),
+          "chunk_len": policy.chunk_len, "action_dims": dims,
+          "max_len": policy.seq.max_len}
+
+
+def make_server(policy, host: str = "127.0.0.1", port: int = 8000,
+                verbose: bool = False) -> http.server.ThreadingHTTPServer:
+  """An HTTP server bound to (host, port) (port 0 = any free port), not yet serving."""
+  lock = threading.Lock()
+
+  class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # pylint: disable=redefined-builtin
+      if verbose:
+        super().log_message(format, *args)
+
+    def _reply(self, status: int, payload: Mapping[str, Any]) -> None:
+      data = json.dumps(payload).encode("utf-8")
+      self.send_response(status)
+      self.send_header("Content-Type", "application/json")
+      self.send_header("Content-Length", str(len(data)))
+      self.end_headers()
+      self.wfile.write(data)
+
+    def do_GET(self):  # pylint: disable=invalid-name
+      if self.path.rstrip("/") == "/health":
+        self._reply(200, health(policy))
+      else:
+        self._reply(404, {"error": f"unknown path {self.path!r}; use GET /health or "
+                                   f"POST /act"})
+
+    def do_POST(self):  # pylint: disable=invalid-name
+      if self.path.rstrip("/") != "/act":
+        self._reply(404, {"error": f"unknown path {self.path!r}; use POST /act"})
+        return
+      try:
+        n = int(self.headers.get("Content-Length", "0"))
+      except ValueError:
+        n = -1
+      if n <= 0 or n > MAX_BODY_BYTES:
+        self.close_connection = True
+        self._reply(400 if n <= 0 else 413,
+                    {"error": f"request needs a JSON body of 1..{MAX_BODY_BYTES} bytes "
+                              f"(Content-Length {self.headers.get('Content-Length')})"})
+        return
+      body = self.rfile.read(n)
+      try:
+        req = parse_request(body)
+        start = time.perf_counter()
+        with lock:
+          out = policy.predict_action(req["observation"], req["instruction"],
+                                      dataset=req["dataset"],
+                                      return_tokens=req["return_tokens"])
+        latency = time.perf_counter() - start
+      except VlaxError as e:
+        self._reply(400, {"error": str(e)})
+        return
+      except Exception as e:  # pylint: disable=broad-except
+        self._reply(500, {"error": f"{type(e).__name__}: {e}"})
+        return
+      actions, tokens = out if req["return_tokens"] else (out, None)
+      dataset = policy._resolve_dataset(req["dataset"])  # pylint: disable=protected-access
+      payload = {"actions": np.asarray(actions, np.float64).tolist(), "dataset": dataset,
+                 "chunk_len": int(actions.shape[0]), "action_dim": int(actions.shape[1]),
+                 "latency_s": latency}
+      if tokens is not None:
+        payload["tokens"] = np.asarray(tokens).tolist()
+      self._reply(200, payload)
+
+  server = http.server.ThreadingHTTPServer((host, port), Handler)
+  server.daemon_threads = True
+  return server
+
+
+def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000,
+          step: int | None = None, dataset: str | None = None, warmup: bool = True,
+          verbose: bool = True) -> None:
+  """Loads the policy and serves it until interrupted (Ctrl-C)."""
+  from vlax.inference.policy import Policy  # pylint: disable=g-import-not-at-top
+  policy = Policy(checkpoint, step, dataset)
+  if warmup:  # compile every dataset's decode now, not on the first request
+    for key in policy.dataset_keys if dataset is None else [policy.dataset]:
+      try:
+        policy.warmup(1, key)
+      except VlaxError as e:
+        print(f"warning: dataset {key!r} is not servable: {e}", flush=True)
+  try:
+    server = make_server(policy, host, port, verbose=verbose)
+  except OSError as e:
+    raise VlaxError(f"cannot listen on {host}:{port}: {e}") from None
+  h, p = server.server_address[:2]
+  print(f"serving {policy} on http://{h}:{p} (GET /health, POST /act)", flush=True)
+  try:
+    server.serve_forever()
+  except KeyboardInterrupt:
+    pass
+  finally:
+    server.server_close()
