@@ -1,0 +1,178 @@
+"""The train step (one jitted function) and the eval step.
+
+Shapes of the step:
+  state (TrainState, donated, sharded like `state_shardings`) +
+  batch (global jax.Arrays sharded over (data, fsdp))
+  -> new state (same shardings) + metrics (replicated small arrays).
+
+Gradient accumulation scans over `grad_accum_steps` microbatches inside the step: the
+loss is the sum of token CEs divided by the number of target tokens of the *whole*
+batch, so k microbatches give the same gradient as one big batch. Frozen params are
+cut out of the graph (stop_gradient) and copied through unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vlax.training import loss as loss_lib
+from vlax.training import mesh as mesh_lib
+from vlax.training.optimizer import path_str
+from vlax.training.state import TrainState
+
+MODEL_INPUTS = ("images", "image_mask", "tokens", "input_mask", "prefix_mask")
+BATCH_KEYS = MODEL_INPUTS + ("loss_mask", "action_token_mask", "source", "dataset_index")
+
+
+def opt_state_shardings(mesh: Mesh, abstract_opt_state: Any, params_sharding: Any,
+                        abstract_params: Any) -> Any:
+  """Optimizer-state leaves that mirror a param (same path suffix and shape, e.g. Adam's
+  mu/nu) get that param's sharding; everything else (counts, factored stats) is
+  replicated."""
+  by_path = {}
+  for (p, leaf), sh in zip(jax.tree_util.tree_flatten_with_path(abstract_params)[0],
+                           jax.tree.leaves(params_sharding)):
+    by_path[path_str(p)] = (tuple(leaf.shape), sh)
+  rep = NamedSharding(mesh, P())
+
+  def pick(path, leaf):
+    keys = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
+    for i in range(len(keys)):
+      hit = by_path.get("/".join(keys[i:]))
+      if hit is not None and hit[0] == tuple(leaf.shape):
+        return hit[1]
+    return rep
+
+  return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
+
+
+def state_shardings(mesh: Mesh, abstract_state: TrainState, params_sharding: Any) -> TrainState:
+  rep = NamedSharding(mesh, P())
+  return TrainState(
+      step=rep, params=params_sharding,
+      opt_state=opt_state_shardings(mesh, abstract_state.opt_state, params_sharding,
+                                    abstract_state.params),
+      rng=rep)
+
+
+def batch_shardings(mesh: Mesh, batch_keys) -> dict[str, NamedSharding]:
+  sh = mesh_lib.batch_sharding(mesh)
+  return {k: sh for k in batch_keys}
+
+
+def _model_logits(model: nn.Module, params, batch):
+  return model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS))
+
+
+def _split_microbatches(batch: Mapping[str, jax.Array], k: int, mesh: Mesh | None):
+  """[B, ...] -> [k, B/k, ...], microbatch j = rows j, j+k, ... so that every
+  microbatch keeps an even split over the batch shards."""
+  out = {}
+  for name, x in batch.items():
+    b = x.shape[0]
+    y = x.reshape((b // k, k) + x.shape[1:])
+    y = jnp.swapaxes(y, 0, 1)
+    if mesh is not None:
+      y = jax.lax.with_sharding_constraint(
+          y, NamedSharding(mesh, P(None, mesh_lib.BATCH_AXES)))
+    out[name] = y
+  return out
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    schedule: Callable, frozen: Any, *, num_datasets: int,
+                    grad_accum_steps: int = 1, mesh: Mesh | None = None) -> Callable:
+  """Returns step(state, batch) -> (state, metrics) (not jitted; see `jit_train_step`).
+
+  metrics = {"sums": loss sums (see loss.loss_sums) + nonfinite,
+             "last": {"loss", "grad_norm", "param_norm", "learning_rate"}}.
+  """
+  k = int(grad_accum_steps)
+
+  def loss_fn(params, batch, denom):
+    logits = _model_logits(model, params, batch)
+    sums = loss_lib.loss_sums(logits, batch, num_datasets)
+    return sums["loss_sum"] / denom, sums
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state: TrainState, batch: Mapping[str, jax.Array]):
+    params = jax.tree.map(lambda f, p: jax.lax.stop_gradient(p) if f else p,
+                          frozen, state.params)
+    denom = jnp.maximum(batch["loss_mask"][:, 1:].astype(jnp.float32).sum(), 1.0)
+    if k == 1:
+      (loss, sums), grads = grad_fn(params, batch, denom)
+    else:
+      micro = _split_microbatches(batch, k, mesh)
+
+      def body(carry, mb):
+        g_acc, s_acc = carry
+        (_, s), g = grad_fn(params, mb, denom)
+        return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, s_acc, s)), None
+
+      g0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+      mb0 = jax.tree.map(lambda x: x[0], micro)
+      s0 = jax.tree.map(jnp.zeros_like,
+                        jax.eval_shape(lambda p, b: loss_fn(p, b, denom)[1], params, mb0))
+      (grads, sums), _ = jax.lax.scan(body, (g0, s0), micro)
+      loss = sums["loss_sum"] / denom
+      grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+    trainable = jax.tree.map(lambda f, g: jnp.zeros((), g.dtype) if f else g, frozen, grads)
+    grad_norm = optax.global_norm(trainable)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    new_params = jax.tree.map(lambda f, old, new: old if f else new,
+                              frozen, state.params, new_params)
+    rng, _ = jax.random.split(jax.random.wrap_key_data(state.rng))
+    new_state = state.replace(step=state.step + 1, params=new_params, opt_state=opt_state,
+                              rng=jax.random.key_data(rng))
+    sums = dict(sums)
+    sums["nonfinite"] = jnp.logical_not(
+        jnp.isfinite(loss) & jnp.isfinite(grad_norm)).astype(jnp.float32)
+    sums["steps"] = jnp.ones((), jnp.float32)
+    last = {"loss": loss, "grad_norm": grad_norm,
+            "param_norm": optax.global_norm(new_params),
+            "learning_rate": jnp.asarray(schedule(state.step), jnp.float32)}
+    return new_state, {"sums": sums, "last": last}
+
+  return step
+
+
+def make_eval_step(model: nn.Module, *, num_datasets: int) -> Callable:
+  """Returns eval(params, batch) -> loss sums (same keys as training's)."""
+
+  def step(params, batch):
+    logits = _model_logits(model, params, batch)
+    return loss_lib.loss_sums(logits, batch, num_datasets)
+
+  return step
+
+
+def jit_train_step(step_fn: Callable, mesh: Mesh, state_sharding: TrainState,
+                   batch_keys) -> Callable:
+  """One jit with explicit shardings; the old state is donated (updated in place)."""
+  rep = NamedSharding(mesh, P())
+  return jax.jit(step_fn,
+                 in_shardings=(state_sharding, batch_shardings(mesh, batch_keys)),
+                 out_shardings=(state_sharding, rep),
+                 donate_argnums=(0,))
+
+
+def jit_eval_step(eval_fn: Callable, mesh: Mesh, params_sharding: Any, batch_keys) -> Callable:
+  rep = NamedSharding(mesh, P())
+  return jax.jit(eval_fn, in_shardings=(params_sharding, batch_shardings(mesh, batch_keys)),
+                 out_shardings=rep)
+
+
+def accumulate(acc: dict | None, metrics: dict) -> dict:
+  """Adds a step's metric sums to the window's (on device, async); keeps the last 'last'."""
+  if acc is None:
+    return metrics
+  return {"sums": jax.tree.map(jnp.add, acc["sums"], metrics["sums"]),
+          "last": metrics["last"]}

@@ -1,0 +1,601 @@
+"""The training loop: `train(config, workdir, data_iterator_fn=...)`.
+
+Same code for a CPU debug run and a TPU pod: build the mesh over every device of every
+process, init or restore the sharded state, then run one jitted step per batch. The host
+never waits on the device except at log / eval / checkpoint steps (metrics are summed
+on device in between).
+
+Config (`default_train_config()`; experiments/*.py start from it):
+  num_steps            optimizer steps to reach (a resumed run continues up to it)
+  batch_size           global batch (all hosts, all microbatches)
+  seed                 init / data seed
+  log_every            steps between metrics.jsonl lines (also the NaN/Inf check)
+  checkpoint_every     steps between checkpoints (0 = only at the end / preemption)
+  keep_checkpoints     keep the last K checkpoints ...
+  keep_best            ... plus the best N by `best_metric` (0 = none)
+  best_metric          'eval/loss' (if eval runs) or 'loss'; lower is better
+  async_checkpointing  orbax async saves
+  init_from            '' (random init) | vlax checkpoint ROOT or ROOT/<step> |
+                       HF PaliGemma directory (via vlax.load_pretrained)
+  reset_optimizer      on resume: restore params/step, start a fresh optimizer state
+  eval_every, eval_steps   validation loss every N steps over M batches (0 = off)
+  mesh.data/fsdp/tensor    mesh sizes, -1 = the rest
+  model.preset         vlax.models.presets name; model.overrides: nested dict
+                       ({'llm': {'vocab_size': 1024}}) or 'llm.vocab_size=1024,...'
+  model.dtype          compute dtype ('float32' / 'bfloat16'); params stay float32
+  model.remat          rematerialize the scanned blocks
+  optimizer.name       'adamw' | 'adafactor' | 'sgd'
+  optimizer.lr, warmup_steps, schedule ('cosine'|'linear'|'constant'), end_lr_ratio
+  optimizer.weight_decay, no_decay_patterns (regexes; '' = decay everything),
+  optimizer.clip_norm (0 = off), grad_accum_steps, freeze_patterns (regexes, e.g. '^img/')
+  optimizer.b1, b2, eps
+  logging.tensorboard, logging.wandb, logging.wandb_project, logging.progress
+
+data_iterator_fn(config, process_index, process_count, start_step)
+    -> (iterator, metadata)
+  iterator yields this host's numpy batches: dicts of the model-batch keys
+  (images, image_mask, tokens, input_mask, prefix_mask, loss_mask, action_token_mask,
+  source, dataset_index) with leading dim batch_size // process_count. It should seed
+  its shuffling with (config.seed, start_step, process_index) so a resumed run does not
+  replay the same order. metadata: JSON-safe dict stored in every checkpoint, keys
+  'statistics', 'text_tokenizer', 'action_tokenizer', 'dataset_names' (list, defines
+  loss/<dataset> names and num_datasets) and optionally 'vocab_size' (sets
+  model llm.vocab_size unless model.overrides sets it).
+  Optional exact resume: if the iterator has `save_state(dir)` / `restore_state(dir)`
+  (e.g. `tf.train.Checkpoint(iterator=tf_iterator).write/read`), the trainer saves it per
+  process at every checkpoint (WORKDIR/data_state/<step>/process_<i>) and restores it
+  on resume when the process count is unchanged; otherwise the pipeline is only
+  re-seeded with start_step (a fresh order, not the continuation of the old one).
+eval_iterator_fn(config, process_index, process_count) -> iterator (same batches), fresh
+  per evaluation; or None.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vlax.errors import VlaxError
+from vlax.training import checkpointing
+from vlax.training import logging as logging_lib
+from vlax.training import loss as loss_lib
+from vlax.training import mesh as mesh_lib
+from vlax.training import optimizer as optimizer_lib
+from vlax.training import state as state_lib
+from vlax.training import train_step as step_lib
+
+REQUIRED_KEYS = ("images", "image_mask", "tokens", "input_mask", "prefix_mask", "loss_mask")
+
+
+class TrainingDivergedError(VlaxError):
+  """The loss or gradient norm became NaN/Inf; the last good checkpoint is intact."""
+
+
+def default_train_config() -> ml_collections.ConfigDict:
+  """Every key train() reads, with defaults (see the module docstring)."""
+  c = ml_collections.ConfigDict()
+  c.num_steps = 1000
+  c.batch_size = 32
+  c.seed = 0
+  c.log_every = 10
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.keep_best = 0
+  c.best_metric = "loss"
+  c.async_checkpointing = True
+  c.init_from = ""
+  c.reset_optimizer = False
+  c.eval_every = 0
+  c.eval_steps = 10
+  c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+  c.model = ml_collections.ConfigDict({
+      "preset": "debug", "overrides": None,
+      "dtype": "float32", "remat": False})
+  c.optimizer = ml_collections.ConfigDict({
+      "name": "adamw", "lr": 3e-4, "warmup_steps": 100, "schedule": "cosine",
+      "end_lr_ratio": 0.0, "weight_decay": 1e-4,
+      "no_decay_patterns": ",".join(optimizer_lib.DEFAULT_NO_DECAY),
+      "clip_norm": 1.0, "grad_accum_steps": 1, "freeze_patterns": "",
+      "b1": 0.9, "b2": 0.999, "eps": 1e-8})
+  c.logging = ml_collections.ConfigDict({
+      "tensorboard": True, "wandb": False, "wandb_project": "vlax", "progress": True})
+  return c
+
+
+def config_to_dict(config: Any) -> dict:
+  if isinstance(config, ml_collections.ConfigDict):
+    return json.loads(config.to_json_best_effort())
+  return json.loads(json.dumps(dict(config), default=str))
+
+
+def _get(c: Any, key: str, default: Any = None) -> Any:
+  try:
+    v = c[key]
+  except (KeyError, AttributeError):
+    return default
+  return default if v is None else v
+
+
+def _apply_overrides(d: dict, overrides: Mapping[str, Any], where: str = "model.overrides"):
+  for k, v in dict(overrides).items():
+    if isinstance(v, (dict, ml_collections.ConfigDict)) and isinstance(d.get(k), dict):
+      _apply_overrides(d[k], dict(v), f"{where}.{k}")
+      continue
+    node, parts = d, k.split(".")
+    for p in parts[:-1]:
+      if not isinstance(node.get(p), dict):
+        raise VlaxError(f"{where}: unknown key {k!r}")
+      node = node[p]
+    if parts[-1] not in node:
+      raise VlaxError(f"{where}: unknown key {k!r}")
+    node[parts[-1]] = v
+
+
+def build_model_config(config: Any, data_metadata: Mapping[str, Any] | None = None):
+  """VLAConfig from config.model (preset + dtype/remat + overrides) and the data's vocab."""
+  from vlax.models.config import VLAConfig  # pylint: disable=g-import-not-at-top
+  from vlax.models.presets import get_preset  # pylint: disable=g-import-not-at-top
+  m = config.model
+  d = get_preset(_get(m, "preset", "debug")).to_dict()
+  d["dtype"] = _get(m, "dtype", d["dtype"])
+  d["remat"] = bool(_get(m, "remat", d["remat"]))
+  vocab = (data_metadata or {}).get("vocab_size")
+  if vocab:
+    d["llm"]["vocab_size"] = int(vocab)
+  _apply_overrides(d, _parse_overrides(_get(m, "overrides", {}) or {}))
+  return VLAConfig.from_dict(d)
+
+
+def _parse_overrides(o: Any) -> dict:
+  """Nested dict ({'llm': {'vocab_size': 1024}}) or a string 'llm.vocab_size=1024,...'
+  (the string form is handy on the command line)."""
+  if isinstance(o, str):
+    import ast  # pylint: disable=g-import-not-at-top
+    out = {}
+    for item in (x.strip() for x in o.split(",") if x.strip()):
+      if "=" not in item:
+        raise VlaxError(f"model.overrides: expected KEY=VALUE, got {item!r}")
+      k, v = item.split("=", 1)
+      try:
+        out[k.strip()] = ast.literal_eval(v.strip())
+      except (ValueError, SyntaxError):
+        out[k.strip()] = v.strip()
+    return out
+  if isinstance(o, ml_collections.ConfigDict):
+    return o.to_dict()
+  return dict(o)
+
+
+def _model_and_rules(model_config):
+  from vlax.models import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from vlax.models.vla import VLA  # pylint: disable=g-import-not-at-top
+  return VLA(model_config), sharding_lib
+
+
+def dummy_inputs(example_batch: Mapping[str, np.ndarray]) -> tuple:
+  """Batch-1 zero inputs with the data's per-example shapes (for init / eval_shape)."""
+  out = []
+  for k in step_lib.MODEL_INPUTS:
+    v = np.asarray(example_batch[k])
+    out.append(jnp.zeros((1,) + v.shape[1:], v.dtype))
+  return tuple(out)
+
+
+class ModelSetup:
+  """Model, mesh, shardings and the jitted functions built from them."""
+
+  def __init__(self, config: Any, model_config, mesh, example_batch: Mapping[str, Any],
+               num_datasets: int):
+    self.config = config
+    self.mesh = mesh
+    self.model, sharding_lib = _model_and_rules(model_config)
+    self.rules = sharding_lib.logical_rules()
+    self.batch_keys = tuple(k for k in step_lib.BATCH_KEYS if k in example_batch)
+    dummy = dummy_inputs(example_batch)
+    self._dummy = dummy
+    with self.context():
+      boxed = jax.eval_shape(lambda r: self.model.init(r, *dummy)["params"],
+                             jax.random.key(0))
+    # Outside the mesh context: unboxing there would apply eager sharding constraints.
+    self.params_sharding = sharding_lib.param_shardings(mesh, boxed)
+    self.abstract_params = nn.unbox(boxed)
+    num_steps = int(config.num_steps)
+    self.tx, self.schedule, self.frozen = optimizer_lib.make_optimizer(
+        config.optimizer, self.abstract_params, num_steps)
+    self.abstract_state = jax.eval_shape(
+        lambda p: state_lib.create(p, self.tx, jax.random.key(0)), self.abstract_params)
+    self.state_sharding = step_lib.state_shardings(mesh, self.abstract_state,
+                                                   self.params_sharding)
+    accum = int(_get(config.optimizer, "grad_accum_steps", 1))
+    step_fn = step_lib.make_train_step(self.model, self.tx, self.schedule, self.frozen,
+                                       num_datasets=num_datasets, grad_accum_steps=accum,
+                                       mesh=mesh)
+    self.train_step = step_lib.jit_train_step(step_fn, mesh, self.state_sharding,
+                                              self.batch_keys)
+    eval_fn = step_lib.make_eval_step(self.model, num_datasets=num_datasets)
+    self.eval_step = step_lib.jit_eval_step(eval_fn, mesh, self.params_sharding,
+                                            self.batch_keys)
+
+  def context(self):
+    """Mesh + logical rules in scope while tracing (the model's activation constraints)."""
+    import contextlib  # pylint: disable=g-import-not-at-top
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn.logical_axis_rules(self.rules))
+    return stack
+
+  def init_params(self, seed: int):
+    dummy = self._dummy
+    init = jax.jit(lambda r: nn.unbox(self.model.init(r, *dummy)["params"]),
+                   out_shardings=self.params_sharding)
+    with self.context():
+      return init(jax.random.key(seed))
+
+  def create_state(self, params, seed: int, step: int = 0) -> state_lib.TrainState:
+    fn = jax.jit(lambda p, r: state_lib.create(p, self.tx, r, step),
+                 in_shardings=(self.params_sharding, None), out_shardings=self.state_sharding)
+    with self.context():
+      return fn(params, jax.random.key_data(jax.random.key(seed + 1)))
+
+  def step(self, state, batch):
+    with self.context():
+      return self.train_step(state, batch)
+
+  def evaluate(self, params, batch):
+    with self.context():
+      return self.eval_step(params, batch)
+
+
+def _check_batch(batch: Mapping[str, Any], local_bs: int, step: int) -> None:
+  if not isinstance(batch, Mapping):
+    raise VlaxError(f"data iterator yielded {type(batch).__name__} at step {step}, "
+                    "expected a dict of arrays")
+  missing = [k for k in REQUIRED_KEYS if k not in batch]
+  if missing:
+    raise VlaxError(f"data batch at step {step} lacks key(s) {missing} "
+                    f"(has {sorted(batch)})")
+  for k, v in batch.items():
+    if k in step_lib.BATCH_KEYS and np.shape(v)[0] != local_bs:
+      raise VlaxError(f"data batch key {k!r} at step {step} has leading dim "
+                      f"{np.shape(v)[0]}, expected the per-host batch {local_bs} "
+                      f"(batch_size / process_count)")
+
+
+def _filter(batch: Mapping[str, Any], keys) -> dict:
+  return {k: np.asarray(batch[k]) for k in keys}
+
+
+def _load_init_params(init_from: str, setup: ModelSetup):
+  """Params from a vlax checkpoint or an HF PaliGemma directory, on the right shardings."""
+  from vlax.checkpoints import format as ckpt_format  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(init_from) and "://" not in init_from:
+    raise VlaxError(f"init_from: path does not exist: {init_from}")
+  is_hf = os.path.exists(os.path.join(init_from, "config.json")) and not (
+      ckpt_format.all_steps(init_from) or ckpt_format._is_step_dir(init_from))  # pylint: disable=protected-access
+  if is_hf:
+    import vlax  # pylint: disable=g-import-not-at-top
+    host = vlax.load_pretrained(init_from).params
+    params = host
+  else:
+    params, _ = ckpt_format.load_params(init_from, shardings=None)
+  want = jax.tree_util.tree_flatten_with_path(setup.abstract_params)[0]
+  have = {optimizer_lib.path_str(p): np.shape(x)
+          for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  bad = []
+  for p, a in want:
+    name = optimizer_lib.path_str(p)
+    if have.get(name) != tuple(a.shape):
+      bad.append(f"{name}: checkpoint {have.get(name)} vs model {tuple(a.shape)}")
+  if bad:
+    raise VlaxError(f"init_from {init_from}: params do not match the configured model "
+                    f"({len(bad)} mismatches, e.g. {bad[:3]})")
+  params = jax.tree.map(lambda a, x: np.asarray(x, a.dtype), setup.abstract_params,
+                        _restructure(params, setup.abstract_params))
+  return jax.tree.map(
+      lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx]),
+      params, setup.params_sharding)
+
+
+def _restructure(params, like):
+  flat = {optimizer_lib.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  return jax.tree_util.tree_map_with_path(lambda p, _: flat[optimizer_lib.path_str(p)], like)
+
+
+class _Preemption:
+  """SIGTERM -> stop at the next step boundary, agreed by every process.
+
+  Single process: our own SIGTERM handler sets a flag. Multi-process:
+  jax.distributed's preemption notifier catches SIGTERM and
+  `multihost_utils.reached_preemption_sync_point(step)` returns True on every process
+  at the same step.
+  """
+
+  def __init__(self):
+    self.flag = False
+    self.multi = jax.process_count() > 1
+    self._prev = None
+    if not self.multi and threading.current_thread() is threading.main_thread():
+      self._prev = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):  # pylint: disable=unused-argument
+    self.flag = True
+
+  def reached(self, step: int) -> bool:
+    if self.multi:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      try:
+        return bool(multihost_utils.reached_preemption_sync_point(step))
+      except RuntimeError:
+        return False
+    return self.flag
+
+  def close(self):
+    if self._prev is not None:
+      signal.signal(signal.SIGTERM, self._prev)
+
+
+def _evaluate(setup: ModelSetup, params, eval_iterator_fn, config, dataset_names,
+              local_bs: int) -> dict[str, float]:
+  it = eval_iterator_fn(config, jax.process_index(), jax.process_count())
+  acc = None
+  for i in range(int(_get(config, "eval_steps", 10))):
+    try:
+      b = next(it)
+    except StopIteration:
+      break
+    _check_batch(b, local_bs, -1)
+    gb = mesh_lib.global_batch(_filter(b, setup.batch_keys), setup.mesh)
+    sums = setup.evaluate(params, gb)
+    acc = sums if acc is None else jax.tree.map(jnp.add, acc, sums)
+  if acc is None:
+    return {}
+  return loss_lib.summarize(jax.device_get(acc), dataset_names, prefix="eval/")
+
+
+_acc_jit = jax.jit(step_lib.accumulate)
+
+
+def _data_state_dir(workdir: str, step: int, pid: int) -> str:
+  return os.path.join(workdir, "data_state", str(step), f"process_{pid}")
+
+
+def _save_data_state(data_it, workdir: str, step: int, pid: int, nproc: int, ckpt) -> None:
+  """If the iterator supports it (`save_state(dir)`), saves its position per process.
+
+  Written before the model checkpoint of the same step, so a finalized checkpoint always
+  has its data state; states of steps no longer kept are deleted.
+  """
+  if not hasattr(data_it, "save_state"):
+    return
+  d = _data_state_dir(workdir, step, pid)
+  os.makedirs(d, exist_ok=True)
+  data_it.save_state(d)
+  with open(os.path.join(d, "process_count"), "w") as f:
+    f.write(str(nproc))
+  _prune_data_state(workdir, set(ckpt.all_steps()) | {step}, pid)
+
+
+def _prune_data_state(workdir: str, keep: set[int], pid: int) -> None:
+  """Deletes this process's data states of steps whose checkpoint is gone."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  root = os.path.join(workdir, "data_state")
+  if not os.path.isdir(root):
+    return
+  for name in os.listdir(root):
+    if name.isdigit() and int(name) not in keep:
+      shutil.rmtree(os.path.join(root, name, f"process_{pid}"), ignore_errors=True)
+      try:
+        os.rmdir(os.path.join(root, name))  # only once every process removed its own
+      except OSError:
+        pass
+
+
+def _restore_data_state(data_it, workdir: str, step: int | None, pid: int,
+                        nproc: int) -> bool:
+  """Restores the iterator position saved with checkpoint `step` (same process count)."""
+  if step is None or not hasattr(data_it, "restore_state"):
+    return False
+  d = _data_state_dir(workdir, step, pid)
+  try:
+    with open(os.path.join(d, "process_count")) as f:
+      saved_nproc = int(f.read().strip())
+  except (OSError, ValueError):
+    return False
+  if saved_nproc != nproc:
+    return False  # another host count: shards differ, fall back to re-seeding
+  data_it.restore_state(d)
+  return True
+
+
+def train(config: Any, workdir: str, *,
+          data_iterator_fn: Callable[..., tuple[Iterator[Mapping[str, np.ndarray]], dict]],
+          eval_iterator_fn: Callable[..., Iterator[Mapping[str, np.ndarray]]] | None = None,
+          mesh: jax.sharding.Mesh | None = None,
+          on_log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+  """Trains (or resumes) in `workdir`; returns a summary dict.
+
+  `on_log(step, metrics)` is called on every process at each log step (metrics.jsonl is
+  written by process 0 only).
+  Returns {'step': last step, 'preempted': bool, 'resumed_from': step or None,
+  'metrics': last logged metrics, 'state': the final TrainState, 'seconds': float}. Raises TrainingDivergedError on NaN/Inf (nothing is
+  saved for the bad steps; earlier checkpoints are untouched), VlaxError on bad input.
+  """
+  t_start = time.time()
+  preemption = _Preemption()  # first, so a SIGTERM during set-up is not fatal
+  try:
+    return _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log,
+                  preemption, t_start)
+  finally:
+    preemption.close()
+
+
+def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, preemption,
+           t_start):
+  workdir = os.path.abspath(workdir)
+  num_steps = int(config.num_steps)
+  batch_size = int(config.batch_size)
+  accum = int(_get(config.optimizer, "grad_accum_steps", 1))
+  pid, nproc = jax.process_index(), jax.process_count()
+  if mesh is None:
+    mesh = mesh_lib.mesh_from_config(dict(config.mesh))
+  mesh_lib.check_batch_size(batch_size, mesh, accum)
+  local_bs = batch_size // nproc
+  log_every = max(1, int(_get(config, "log_every", 10)))
+  ckpt_every = int(_get(config, "checkpoint_every", 0))
+  eval_every = int(_get(config, "eval_every", 0)) if eval_iterator_fn else 0
+
+  if pid == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
+
+  ckpt = checkpointing.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=int(_get(config, "keep_checkpoints", 3)),
+      keep_best=int(_get(config, "keep_best", 0)),
+      best_metric=_get(config, "best_metric", "loss"),
+      async_save=bool(_get(config, "async_checkpointing", True)))
+  logger = None
+  try:
+    resume_step = ckpt.latest_step()
+    start_step = resume_step or 0
+
+    data_it, data_meta = data_iterator_fn(config, pid, nproc, start_step)
+    data_meta = dict(data_meta or {})
+    data_restored = _restore_data_state(data_it, workdir, resume_step, pid, nproc)
+    dataset_names = list(data_meta.get("dataset_names", []))
+    num_datasets = max(1, len(dataset_names), int(data_meta.get("num_datasets", 0) or 0))
+    first = next(data_it)
+    _check_batch(first, local_bs, start_step)
+
+    model_config = build_model_config(config, data_meta)
+    setup = ModelSetup(config, model_config, mesh, first, num_datasets)
+    metadata = {
+        "model": model_config.to_dict(),
+        "text_tokenizer": data_meta.get("text_tokenizer", {}),
+        "action_tokenizer": data_meta.get("action_tokenizer", {}),
+        "statistics": data_meta.get("statistics", {}),
+        "dataset_names": dataset_names,
+        "config": config_to_dict(config),
+    }
+    seed = int(_get(config, "seed", 0))
+    reset_opt = bool(_get(config, "reset_optimizer", False))
+    if resume_step is not None:
+      restored, _ = ckpt.restore(resume_step, setup.abstract_state, setup.state_sharding,
+                                 restore_opt_state=not reset_opt)
+      if reset_opt:
+        fresh = setup.create_state(restored.params, seed, resume_step)
+        restored = fresh.replace(rng=restored.rng)
+      state = restored
+      if int(jax.device_get(state.step)) != resume_step:
+        raise VlaxError(f"checkpoint {ckpt.root}/{resume_step} holds step "
+                        f"{int(jax.device_get(state.step))}")
+    else:
+      init_from = _get(config, "init_from", "")
+      params = (_load_init_params(init_from, setup) if init_from
+                else setup.init_params(seed))
+      state = setup.create_state(params, seed)
+
+    logger = logging_lib.MetricsLogger(
+        workdir, total_steps=num_steps, start_step=start_step, batch_size=batch_size,
+        tensorboard=bool(_get(config.logging, "tensorboard", True)),
+        wandb=bool(_get(config.logging, "wandb", False)),
+        wandb_project=_get(config.logging, "wandb_project", "vlax"),
+        progress=bool(_get(config.logging, "progress", True)),
+        config=config_to_dict(config))
+    if resume_step is not None:
+      logger.message(f"resumed from {ckpt.root}/{resume_step}; input pipeline: "
+                     + ("iterator state restored" if data_restored else
+                        f"re-seeded with start_step={start_step}"))
+    n_params = optimizer_lib.count_params(setup.abstract_params)
+    n_frozen = optimizer_lib.count_params(setup.abstract_params, setup.frozen)
+    logger.message(f"model {_get(config.model, 'preset')}: {n_params:,} params "
+                   f"({n_frozen:,} frozen); mesh {dict(mesh.shape)}; "
+                   f"{nproc} process(es); global batch {batch_size}")
+
+    step = start_step
+    acc = None
+    last_metrics: dict[str, Any] = {}
+    last_saved = resume_step
+    preempted = False
+    pending = first
+    pending_eval: dict[str, float] = {}
+    while step < num_steps:
+      if pending is not None:
+        local, pending = pending, None
+      else:
+        try:
+          local = next(data_it)
+        except StopIteration:
+          logger.message(f"data iterator ended at step {step}")
+          if step > start_step and step != last_saved:
+            host = jax.device_get(acc) if acc is not None else None
+            if host is None or host["sums"]["nonfinite"] == 0:
+              ckpt.save(step, state, metadata, metrics=dict(last_metrics))
+              last_saved = step
+          break
+        _check_batch(local, local_bs, step)
+      batch = mesh_lib.global_batch(_filter(local, setup.batch_keys), mesh)
+      state, metrics = setup.step(state, batch)
+      step += 1
+      acc = metrics if acc is None else _acc_jit(acc, metrics)
+      logger.step(step)
+
+      is_last = step == num_steps
+      is_log = step % log_every == 0 or is_last
+      is_ckpt = (ckpt_every > 0 and step % ckpt_every == 0) or is_last
+      is_eval = eval_every > 0 and (step % eval_every == 0 or is_last)
+      preempted = preemption.reached(step)
+      if not (is_log or is_ckpt or is_eval or preempted):
+        continue
+      host = jax.device_get(acc)
+      if host["sums"]["nonfinite"] > 0:
+        ckpt.wait()
+        raise TrainingDivergedError(
+            f"training diverged: loss or gradient norm is NaN/Inf at a step in "
+            f"({step - int(host['sums']['steps'])}, {step}]; nothing was saved for it. "
+            f"Last good checkpoint: "
+            f"{f'{ckpt.root}/{last_saved}' if last_saved is not None else 'none'}. "
+            "Try a lower optimizer.lr, more warmup or optimizer.clip_norm.")
+      if is_eval:
+        pending_eval = _evaluate(setup, state.params, eval_iterator_fn, config,
+                                 dataset_names, local_bs)
+        last_metrics.update(pending_eval)
+      if is_log:
+        m = loss_lib.summarize(host["sums"], dataset_names)
+        m.update({k: float(v) for k, v in host["last"].items() if k != "loss"})
+        m.update(logger.rates(step))
+        m.update(pending_eval)
+        pending_eval = {}
+        last_metrics.update(m)
+        logger.write(step, m)
+        if on_log is not None:
+          on_log(step, m)
+        acc = None
+      if is_ckpt or preempted:
+        best = dict(last_metrics)
+        if not is_log:
+          best.update(loss_lib.summarize(host["sums"], dataset_names))
+        _save_data_state(data_it, workdir, step, pid, nproc, ckpt)
+        ckpt.save(step, state, metadata, metrics=best)
+        last_saved = step
+      if preempted:
+        logger.message(f"preemption: saved checkpoint at step {step}; exiting")
+        break
+  finally:
+    ckpt.close()
+    if logger is not None:
+      logger.close()
+  if hasattr(data_it, "save_state"):
+    _prune_data_state(workdir, set(ckpt.all_steps()), pid)
+  return {"step": step, "preempted": preempted, "resumed_from": resume_step,
+          "metrics": last_metrics, "state": state, "seconds": time.time() - t_start}
