@@ -11,15 +11,22 @@ schedule needs no tf.Variable and the stream is deterministic for a seed. Pass
 Multi-host: each process builds its own shard of the sources (the caller passes
 process_index / process_count to the robot and web readers) and yields
 global_batch_size / process_count examples per batch.
+
+Exact resume: `CotrainIterator.save_state(dir)` / `restore_state(dir)` checkpoint the
+tf.data iterator (`tf.train.Checkpoint(iterator=...)`: shuffle buffers with their
+encoded frames, mixing and RNG counters, prefetched batches) plus the drop counters; the
+trainer calls them per process at every checkpoint.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import json
+import os
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from vlax.data.sequence import DataCounters, SequenceBuilder, numpy_iterator
+from vlax.data.sequence import DataCounters, SequenceBuilder
 from vlax.errors import VlaxError
 
 
@@ -107,20 +114,163 @@ def make_cotrain_dataset(robot, web, *, global_batch_size: int, web_weight: floa
   return ds
 
 
-class CotrainIterator:
-  """Iterator of numpy model batches; `.counters` holds the pipeline's drop counts."""
+STATE_FORMAT = "vlax-data-state/1"
+_STATE_JSON = "state.json"
+_TF_PREFIX = "iterator"
 
-  def __init__(self, dataset, counters: DataCounters, per_host_batch: int):
-    self.dataset = dataset
+
+def _checkpointable(dataset):
+  """Lets tf.data checkpoint an iterator whose graph holds `tf.numpy_function`s.
+
+  tf.data refuses to serialize an iterator over a py_function ("PyFunc is stateful")
+  because it cannot save Python state. Ours hold none that matters to the position: text
+  tokenization, FAST encoding, image decoding and text checks are pure functions of their
+  inputs (the tokenizer cache is a memo), and the only Python state they touch is
+  `DataCounters`, which `CotrainIterator.save_state` saves itself. Augmentation and
+  mixing use stateless RNGs keyed by element index / position, whose counters tf.data
+  does save. So the external state is ignored (IGNORE rather than WARN: WARN would log
+  on every checkpoint).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  options = tf.data.Options()
+  options.experimental_external_state_policy = (
+      tf.data.experimental.ExternalStatePolicy.IGNORE)
+  return dataset.with_options(options)
+
+
+class CotrainIterator:
+  """Iterator of numpy model batches; `.counters` holds the pipeline's drop counts.
+
+  Exact resume: `save_state(dir)` writes the tf.data iterator position (shuffle buffers,
+  interleave / sample_from_datasets / choose_from_datasets state, counters of the
+  stateless RNGs, prefetched batches) with `tf.train.Checkpoint`, plus the drop counters
+  and the step the pipeline was seeded with (`start_step`). `restore_state(dir)` on an
+  iterator built from the same config continues that stream batch for batch; if this
+  one was seeded with another start_step (a resumed run is built with its resume step),
+  it is first rebuilt with the saved one through `rebuild(start_step) -> tf.data`.
+  """
+
+  def __init__(self, dataset, counters: DataCounters, per_host_batch: int, *,
+               start_step: int = 0, rebuild: Callable[[int], Any] | None = None,
+               fingerprint: Mapping[str, Any] | None = None):
+    self.dataset = _checkpointable(dataset)
     self.counters = counters
     self.per_host_batch = per_host_batch
-    self._it = numpy_iterator(dataset)
+    self.start_step = int(start_step)  # the step the tf.data graph was seeded with
+    self.fingerprint = _json_safe(dict(fingerprint or {}))
+    self._rebuild = rebuild
+    self._it = None  # created on first use, so a restore never builds it twice
+    self.batches_read = 0  # batches returned since start_step (restored by restore_state)
+
+  def _iterator(self):
+    """The tf.data iterator, as numpy (`as_numpy_iterator` is checkpointable too)."""
+    if self._it is None:
+      self._it = self.dataset.as_numpy_iterator()
+    return self._it
 
   def __iter__(self) -> "CotrainIterator":
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    return next(self._it)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    it = self._iterator()
+    try:
+      batch = next(it)
+    except tf.errors.OpError as e:
+      msg = e.message.strip().splitlines()
+      detail = next((l for l in msg if "VlaxError" in l), msg[0] if msg else str(e))
+      raise VlaxError(f"input pipeline: {detail.strip()}") from e
+    self.batches_read += 1
+    return batch
+
+  def save_state(self, directory: str) -> None:
+    """Writes the input position into `directory` (one process's own; local or gs://)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.io.gfile.makedirs(directory)
+    try:
+      tf.train.Checkpoint(iterator=self._iterator()).write(
+          os.path.join(directory, _TF_PREFIX))
+    except tf.errors.OpError as e:
+      raise VlaxError(f"input pipeline state {directory}: cannot save the tf.data "
+                      f"iterator: {e.message.strip().splitlines()[0]}") from e
+    state = {"format": STATE_FORMAT, "start_step": self.start_step,
+             "batches_read": self.batches_read, "per_host_batch": self.per_host_batch,
+             "fingerprint": self.fingerprint, "counters": self.counters.as_dict()}
+    tmp = os.path.join(directory, _STATE_JSON + ".tmp")
+    with tf.io.gfile.GFile(tmp, "w") as f:
+      f.write(json.dumps(state, indent=1, sort_keys=True))
+    # Written last (and renamed into place): its presence means the save is complete.
+    tf.io.gfile.rename(tmp, os.path.join(directory, _STATE_JSON), overwrite=True)
+
+  def restore_state(self, directory: str) -> None:
+    """Continues the stream saved in `directory` by `save_state`.
+
+    Raises VlaxError naming `directory` if the state is missing or incomplete, or was
+    saved by a pipeline with another config (data config, seed, batch size, process).
+    """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    path = os.path.join(directory, _STATE_JSON)
+    if not tf.io.gfile.exists(path):
+      raise VlaxError(f"input pipeline state {directory}: no {_STATE_JSON} (missing or "
+                      f"incomplete save)")
+    try:
+      with tf.io.gfile.GFile(path) as f:
+        state = json.loads(f.read())
+    except (tf.errors.OpError, OSError, ValueError) as e:
+      raise VlaxError(f"input pipeline state {path}: unreadable: {e}") from e
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+      raise VlaxError(f"input pipeline state {path}: format "
+                      f"{state.get('format') if isinstance(state, dict) else None!r}, "
+                      f"expected {STATE_FORMAT!r}")
+    saved = state.get("fingerprint", {})
+    diff = sorted(k for k in set(saved) | set(self.fingerprint)
+                  if saved.get(k) != self.fingerprint.get(k))
+    if diff or state.get("per_host_batch") != self.per_host_batch:
+      detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {self.fingerprint.get(k)!r}"
+                         for k in diff[:5]) or (
+                             f"per_host_batch: saved {state.get('per_host_batch')}, "
+                             f"now {self.per_host_batch}")
+      raise VlaxError(f"input pipeline state {directory} was saved by an incompatible "
+                      f"pipeline ({detail})")
+    if not tf.io.gfile.exists(os.path.join(directory, _TF_PREFIX + ".index")):
+      raise VlaxError(f"input pipeline state {directory}: no tf.data iterator checkpoint "
+                      f"({_TF_PREFIX}.index)")
+    origin = int(state["start_step"])
+    dataset = self.dataset
+    if origin != self.start_step:
+      if self._rebuild is None:
+        raise VlaxError(f"input pipeline state {directory} was saved by a pipeline seeded "
+                        f"with start_step={origin}, this one uses {self.start_step} and "
+                        f"cannot be rebuilt")
+      dataset = _checkpointable(self._rebuild(origin))
+    it = dataset.as_numpy_iterator()
+    try:
+      tf.train.Checkpoint(iterator=it).read(
+          os.path.join(directory, _TF_PREFIX)).assert_consumed()
+    except (tf.errors.OpError, AssertionError, ValueError) as e:
+      # Nothing changed: the caller may still fall back to the start_step-seeded stream.
+      first = (e.message if isinstance(e, tf.errors.OpError) else str(e)).strip()
+      raise VlaxError(f"input pipeline state {directory} does not fit this pipeline "
+                      f"(changed datasets or transforms?): "
+                      f"{first.splitlines()[0] if first else type(e).__name__}") from e
+    self.dataset, self.start_step, self._it = dataset, origin, it
+    self.batches_read = int(state.get("batches_read", 0))
+    _set_counts(self.counters, state.get("counters", {}))
+
+
+def _json_safe(x: Any) -> Any:
+  """Config values -> JSON types (tuples -> lists, ConfigDicts -> dicts)."""
+  return json.loads(json.dumps(x, sort_keys=True, default=lambda o: (
+      dict(o) if hasattr(o, "keys") else list(o) if hasattr(o, "__iter__") else str(o))))
+
+
+def _set_counts(counters: DataCounters, counts: Mapping[str, int]) -> None:
+  """Replaces every count of `counters` (DataCounters has no public setter)."""
+  # pylint: disable=protected-access
+  with counters._lock:
+    counters._counts.clear()
+    counters._counts.update({str(k): int(v) for k, v in counts.items()})
+  # pylint: enable=protected-access
 
 
 def make_train_iterator(*, builder: SequenceBuilder, global_batch_size: int,
@@ -131,7 +281,9 @@ def make_train_iterator(*, builder: SequenceBuilder, global_batch_size: int,
                         on_error: str = "skip",
                         max_text_chars: int = 2000, shuffle_buffer: int = 1000,
                         repeat: bool = True, process_index: int | None = None,
-                        process_count: int | None = None) -> CotrainIterator:
+                        process_count: int | None = None,
+                        rebuild: Callable[[int], Any] | None = None,
+                        fingerprint: Mapping[str, Any] | None = None) -> CotrainIterator:
   """The training input: robot frames + web sources -> iterator of numpy batches.
 
   robot_frames: tf.data of standardized frames for THIS host (e.g. from
@@ -140,6 +292,9 @@ def make_train_iterator(*, builder: SequenceBuilder, global_batch_size: int,
   web_sources: `vlax.data.web.WebSource`s (empty = robot only).
   Batches: dict of numpy arrays with the model-batch keys, leading dim
   global_batch_size / process_count.
+  rebuild: start_step -> this pipeline's tf.data seeded for that step (what
+    `CotrainIterator.restore_state` calls for a state saved by a run seeded otherwise).
+  fingerprint: JSON-safe settings a saved state must match to be restored.
   """
   from vlax.data import web as web_lib  # pylint: disable=g-import-not-at-top
   pi, pc = _process_info(process_index, process_count)
@@ -155,7 +310,11 @@ def make_train_iterator(*, builder: SequenceBuilder, global_batch_size: int,
   ds = make_cotrain_dataset(robot, web, global_batch_size=global_batch_size,
                             web_weight=web_weight, web_schedule=web_schedule, seed=seed,
                             start_step=start_step, process_index=pi, process_count=pc)
-  return CotrainIterator(ds, builder.counters, per_host_batch_size(global_batch_size, pc))
+  bs = per_host_batch_size(global_batch_size, pc)
+  fp = {"global_batch_size": int(global_batch_size), "process_index": pi,
+        "process_count": pc, **dict(fingerprint or {})}
+  return CotrainIterator(ds, builder.counters, bs, start_step=start_step, rebuild=rebuild,
+                         fingerprint=fp)
 
 
 # --- config-driven entry point (what the training CLI calls) --------------------------
@@ -219,9 +378,10 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
   start_step) -> (iterator, metadata)` once `workdir` is bound. Shuffle seeds are folded
   with start_step and process_index, so a resumed run does not replay the same order.
   `action_tokenizer_settings` (a checkpoint's metadata["action_tokenizer"]) reuses a
-  fitted tokenizer instead of fitting one.
+  fitted tokenizer instead of fitting one. The iterator's `restore_state` continues a
+  saved stream exactly (rebuilding the pipeline with the saved run's start_step) and
+  refuses a state saved with another config.data / seed / batch_size / process layout.
   """
-  import os  # pylint: disable=g-import-not-at-top
   from vlax.actions import (ActionVocab, BinTokenizer, default_action_vocab,  # pylint: disable=g-import-not-at-top
                             make_action_tokenizer, tokenizer_from_dict)
   from vlax.data import robot as robot_lib  # pylint: disable=g-import-not-at-top
@@ -236,7 +396,9 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
       raise VlaxError(f"config.data: unknown keys {unknown}; known: {sorted(d.keys())}")
     d.update(dict(config.data))
   seed = int(config.get("seed", 0))
-  data_seed = seed + 7919 * int(start_step)
+
+  def data_seed(step: int) -> int:  # shuffle / augmentation / web seeds of a start step
+    return seed + 7919 * int(step)
   image_size = int(d.image_size)
   entries = _robot_entries(d.robot_datasets)
   names = [n for n, _ in entries]
@@ -261,7 +423,7 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
     common = dict(image_size=image_size, cameras=cameras, chunk_len=int(d.chunk_len),
                   history=int(d.history), stats_cache_dir=stats_cache, progress=False)
     frames, statistics = robot_lib.make_robot_dataset(
-        entries, data_dir, train=train, seed=data_seed,
+        entries, data_dir, train=train, seed=data_seed(start_step),
         shuffle_buffer=int(d.shuffle_buffer), augment=bool(d.augment) if train else False,
         process_index=process_index, process_count=process_count, **common)
 
@@ -306,14 +468,35 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
       proprio_bins=int(d.proprio_bins), on_overlong=d.on_overlong)
   builder = SequenceBuilder(seq_cfg, text, tok, vocab)
   web_sources = [web_lib.WebSource(**dict(s)) for s in (d.web_sources or ())]
-  it = make_train_iterator(
-      builder=builder, global_batch_size=int(config.batch_size), robot_frames=frames,
-      num_robot_datasets=len(entries), web_sources=web_sources,
-      web_weight=float(d.web_weight),
-      web_schedule=[tuple(p) for p in d.web_schedule] or None, seed=seed,
-      web_seed=data_seed, start_step=start_step, on_error=d.web_on_error, max_text_chars=int(d.max_text_chars),
-      shuffle_buffer=int(d.web_shuffle_buffer) if train else 1, repeat=train,
-      process_index=process_index, process_count=process_count)
+
+  def iterator_at(step: int, robot_frames) -> CotrainIterator:
+    return make_train_iterator(
+        builder=builder, global_batch_size=int(config.batch_size),
+        robot_frames=robot_frames, num_robot_datasets=len(entries),
+        web_sources=web_sources, web_weight=float(d.web_weight),
+        web_schedule=[tuple(p) for p in d.web_schedule] or None, seed=seed,
+        web_seed=data_seed(step), start_step=step, on_error=d.web_on_error,
+        max_text_chars=int(d.max_text_chars),
+        shuffle_buffer=int(d.web_shuffle_buffer) if train else 1, repeat=train,
+        process_index=process_index, process_count=process_count, rebuild=rebuild,
+        fingerprint={"seed": seed, "train": bool(train), "data": fingerprint_data})
+
+  # Where the data lives may move between runs; what is read and how may not.
+  fingerprint_data = {k: v for k, v in d.to_dict().items()
+                      if k not in ("data_dir", "stats_cache_dir")}
+
+  def rebuild(step: int):
+    """The same pipeline seeded for `step` (restoring a state saved by another run)."""
+    robot_frames = None
+    if entries:
+      robot_frames, _ = robot_lib.make_robot_dataset(
+          entries, data_dir, train=train, seed=data_seed(step),
+          shuffle_buffer=int(d.shuffle_buffer), augment=bool(d.augment) if train else False,
+          statistics=statistics, process_index=process_index,
+          process_count=process_count, **common)
+    return iterator_at(step, robot_frames).dataset
+
+  it = iterator_at(start_step, frames)
   web_names = [s.display_name for s in web_sources]
   meta = builder.metadata(dataset_names=names + web_names, chunk_len=int(d.chunk_len),
                           statistics=statistics)
