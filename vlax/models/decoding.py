@@ -19,6 +19,17 @@ from vlax.models.vla import VLA
 TRACE_COUNTS = {"greedy_decode": 0, "greedy_decode_recompute": 0}
 
 
+def _argmax(logits: jax.Array) -> jax.Array:
+  """First index of the maximum over the last axis, int32.
+
+  Same result as jnp.argmax, written as max + masked min because XLA:CPU does not
+  vectorize argmax's variadic reduce (it cost ~13% of decode time over a 1k vocab).
+  """
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  return jnp.min(jnp.where(logits == top, iota, logits.shape[-1]), axis=-1)
+
+
 @functools.lru_cache(maxsize=32)
 def _cached_greedy(config: VLAConfig, num_steps: int):
   model = VLA(config)
@@ -29,12 +40,12 @@ def _cached_greedy(config: VLAConfig, num_steps: int):
     seq = images.shape[1] * config.vision.num_patches + tokens.shape[1]
     logits, cache = model.apply({"params": params}, images, image_mask, tokens, input_mask,
                                 prefix_mask, seq + num_steps, method=VLA.prefill)
-    first = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    first = _argmax(logits)
 
     def step(carry, _):
       token, cache = carry
       logits, cache = model.apply({"params": params}, token, cache, method=VLA.decode_step)
-      nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+      nxt = _argmax(logits)
       return (nxt, cache), nxt
 
     _, rest = jax.lax.scan(step, (first, cache), None, length=num_steps - 1)
@@ -70,7 +81,7 @@ def _cached_recompute(config: VLAConfig, num_steps: int):
     def step(t, carry):
       tokens, input_mask, prefix_mask, out = carry
       logits = model.apply({"params": params}, images, image_mask, tokens, input_mask, prefix_mask)
-      nxt = jnp.argmax(logits[rows, last + t], axis=-1).astype(jnp.int32)
+      nxt = _argmax(logits[rows, last + t])
       at = last + t + 1
       tokens = tokens.at[rows, at].set(nxt)
       input_mask = input_mask.at[rows, at].set(True)
