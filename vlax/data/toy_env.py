@@ -1,4 +1,4 @@
-"""ToyReach: a tiny, fast, seeded reaching environment with two embodiments.
+"""ToyReach: a tiny, fast, seeded reaching environment with three embodiments.
 
 Several coloured blocks lie on a table seen from above; the instruction names one
 ("move to the red block"). The correct action is a clipped step from the end effector
@@ -12,6 +12,9 @@ Embodiments (different action spaces and cameras on purpose):
   * "b" (`toy_reach_b`): 3-D arm starting above the table. action = [dx, dy, dz, gripper]
     (4-D), proprio = [x, y, z, gripper], cameras: primary (top-down, the end effector drawn
     larger the higher it is) and wrist (a zoomed view centred on the end effector).
+  * "c" (`toy_reach_c`, the "new robot" of the fine-tuning recipe, not in the debug
+    pretraining mixture): planar, no gripper. action = [dx, dy] (2-D), proprio = [x, y],
+    cameras: primary + wrist. Success = end effector within `grasp_radius` of the target.
 Positions are in [-1, 1]; gripper is 1 (close) when within `grasp_radius` of the target,
 else 0 (raw, not normalized).
 """
@@ -30,8 +33,11 @@ COLORS = {
     "purple": (150, 60, 200),
 }
 EMBODIMENTS = {
-    "a": {"action_dim": 3, "proprio_dim": 2, "cameras": ("primary",)},
-    "b": {"action_dim": 4, "proprio_dim": 4, "cameras": ("primary", "wrist")},
+    "a": {"action_dim": 3, "proprio_dim": 2, "cameras": ("primary",), "gripper": True},
+    "b": {"action_dim": 4, "proprio_dim": 4, "cameras": ("primary", "wrist"),
+          "gripper": True},
+    "c": {"action_dim": 2, "proprio_dim": 2, "cameras": ("primary", "wrist"),
+          "gripper": False},
 }
 BACKGROUND = (90, 90, 90)
 
@@ -50,6 +56,7 @@ class ToyReachEnv:
     self.action_dim = EMBODIMENTS[embodiment]["action_dim"]
     self.proprio_dim = EMBODIMENTS[embodiment]["proprio_dim"]
     self.cameras = EMBODIMENTS[embodiment]["cameras"]
+    self.has_gripper = EMBODIMENTS[embodiment]["gripper"]
     self.image_size = image_size
     self.num_blocks = num_blocks
     self.max_steps = max_steps
@@ -98,6 +105,8 @@ class ToyReachEnv:
     """The correct action: clipped step towards the target block, gripper closes there."""
     delta = np.clip(self.target_position() - self.pos, -self.max_step_size,
                     self.max_step_size)
+    if not self.has_gripper:
+      return delta.astype(np.float32)
     dist = float(np.linalg.norm(self.target_position() - self.pos))
     close = 1.0 if dist - np.linalg.norm(delta) < self.grasp_radius else 0.0
     return np.concatenate([delta, [close]]).astype(np.float32)
@@ -111,15 +120,16 @@ class ToyReachEnv:
     self.pos = np.clip(self.pos + delta, -1.0, 1.0).astype(np.float32)
     if self.dim == 3:
       self.pos[2] = max(self.pos[2], 0.0)
-    self.gripper = float(action[-1] > 0.5)
+    if self.has_gripper:
+      self.gripper = float(action[-1] > 0.5)
     self.t += 1
     dist = float(np.linalg.norm(self.target_position() - self.pos))
-    success = dist < self.grasp_radius and self.gripper > 0.5
+    success = dist < self.grasp_radius and (self.gripper > 0.5 or not self.has_gripper)
     done = self.t >= self.max_steps
     return self.observation(), -dist, done, {"success": success, "distance": dist}
 
   def proprio(self) -> np.ndarray:
-    if self.embodiment == "a":
+    if self.embodiment in ("a", "c"):
       return self.pos.copy()
     return np.concatenate([self.pos, [self.gripper]]).astype(np.float32)
 

@@ -101,8 +101,9 @@ def make_schedule(lr: float, num_steps: int, warmup_steps: int = 0,
   return optax.join_schedules([warm, after], [warmup_steps])
 
 
-def make_optimizer(opt_config: Mapping[str, Any], params: Any,
-                   num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule, Any]:
+def make_optimizer(opt_config: Mapping[str, Any], params: Any, num_steps: int,
+                   trainable: Any | None = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule, Any]:
   """Builds the optax transform from `config.optimizer`.
 
   Args:
@@ -110,6 +111,8 @@ def make_optimizer(opt_config: Mapping[str, Any], params: Any,
       no_decay_patterns, clip_norm, freeze_patterns, b1, b2, eps.
     params: a params pytree (arrays or ShapeDtypeStructs) to build the masks from.
     num_steps: total optimizer steps (schedule length).
+    trainable: optional bool pytree like `params`; False leaves are frozen too (LoRA:
+      only the adapters are trainable). `freeze_patterns` still applies on top.
   Returns:
     (tx, schedule, frozen) with `frozen` a bool pytree (True = frozen).
   """
@@ -137,6 +140,8 @@ def make_optimizer(opt_config: Mapping[str, Any], params: Any,
   parts.append(core)
   tx = optax.chain(*parts)
   frozen = frozen_mask(params, c.get("freeze_patterns", ()))
+  if trainable is not None:
+    frozen = jax.tree.map(lambda f, t: bool(f) or not t, frozen, trainable)
   if any(jax.tree.leaves(frozen)):
     labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen)
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

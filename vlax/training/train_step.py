@@ -9,6 +9,10 @@ Gradient accumulation scans over `grad_accum_steps` microbatches inside the step
 loss is the sum of token CEs divided by the number of target tokens of the *whole*
 batch, so k microbatches give the same gradient as one big batch. Frozen params are
 cut out of the graph (stop_gradient) and copied through unchanged.
+
+LoRA (`lora_scale` set): the params hold adapters beside frozen base weights; the step
+folds them into the base weights (`vlax.models.lora.merge`) inside the differentiated
+function, so gradients reach only the adapters and the model code knows nothing of LoRA.
 """
 
 from __future__ import annotations
@@ -66,7 +70,10 @@ def batch_shardings(mesh: Mesh, batch_keys) -> dict[str, NamedSharding]:
   return {k: sh for k in batch_keys}
 
 
-def _model_logits(model: nn.Module, params, batch):
+def _model_logits(model: nn.Module, params, batch, lora_scale: float | None = None):
+  if lora_scale is not None:
+    from vlax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
+    params = lora_lib.merge(params, lora_scale)
   return model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS))
 
 
@@ -87,7 +94,8 @@ def _split_microbatches(batch: Mapping[str, jax.Array], k: int, mesh: Mesh | Non
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: Callable, frozen: Any, *, num_datasets: int,
-                    grad_accum_steps: int = 1, mesh: Mesh | None = None) -> Callable:
+                    grad_accum_steps: int = 1, mesh: Mesh | None = None,
+                    lora_scale: float | None = None) -> Callable:
   """Returns step(state, batch) -> (state, metrics) (not jitted; see `jit_train_step`).
 
   metrics = {"sums": loss sums (see loss.loss_sums) + nonfinite,
@@ -96,7 +104,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   k = int(grad_accum_steps)
 
   def loss_fn(params, batch, denom):
-    logits = _model_logits(model, params, batch)
+    logits = _model_logits(model, params, batch, lora_scale)
     sums = loss_lib.loss_sums(logits, batch, num_datasets)
     return sums["loss_sum"] / denom, sums
 
@@ -144,11 +152,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   return step
 
 
-def make_eval_step(model: nn.Module, *, num_datasets: int) -> Callable:
+def make_eval_step(model: nn.Module, *, num_datasets: int,
+                   lora_scale: float | None = None) -> Callable:
   """Returns eval(params, batch) -> loss sums (same keys as training's)."""
 
   def step(params, batch):
-    logits = _model_logits(model, params, batch)
+    logits = _model_logits(model, params, batch, lora_scale)
     return loss_lib.loss_sums(logits, batch, num_datasets)
 
   return step

@@ -15,9 +15,24 @@ Config (`default_train_config()`; experiments/*.py start from it):
   keep_best            ... plus the best N by `best_metric` (0 = none)
   best_metric          'eval/loss' (if eval runs) or 'loss'; lower is better
   async_checkpointing  orbax async saves
-  init_from            '' (random init) | vlax checkpoint ROOT or ROOT/<step> |
-                       HF PaliGemma directory (via vlax.load_pretrained)
-  reset_optimizer      on resume: restore params/step, start a fresh optimizer state
+  init_from            '' (random init) | vlax checkpoint ROOT or ROOT/<step> (a training
+                       checkpoint or a `vlax export` bundle; its LoRA adapters, if any,
+                       are merged first) | HF PaliGemma directory (vlax.load_pretrained).
+                       Only the params are taken: statistics, tokenizers and dataset
+                       names come from this run's data. Shapes must match the configured
+                       model (VlaxError naming each differing param; the vocabulary size
+                       is named on its own).
+  init_from_required   fine-tuning configs: refuse to start from random weights
+  reset_optimizer      on resume: restore params/step, start a fresh optimizer state.
+                       With init_from: False keeps the init checkpoint's optimizer state
+                       when it has one (an export bundle / HF weights have none: fresh)
+                       and it fits the configured optimizer (else VlaxError); True
+                       always starts fresh. The step counter restarts at 0 either way.
+  lora.rank            0 = off; > 0: LoRA adapters on lora.targets, everything else
+                       frozen (see vlax.models.lora); metadata['lora'] is saved
+  lora.alpha           scale = alpha / rank
+  lora.targets         regexes on param paths (comma-separated string or tuple)
+  lora.trainable_patterns  regexes of non-adapter params that stay trainable with LoRA
   eval_every, eval_steps   validation loss every N steps over M batches (0 = off)
   mesh.data/fsdp/tensor    mesh sizes, -1 = the rest
   model.preset         vlax.models.presets name; model.overrides: nested dict
@@ -66,6 +81,7 @@ import ml_collections
 import numpy as np
 
 from vlax.errors import VlaxError
+from vlax.models import lora as lora_lib
 from vlax.training import checkpointing
 from vlax.training import logging as logging_lib
 from vlax.training import loss as loss_lib
@@ -94,9 +110,14 @@ def default_train_config() -> ml_collections.ConfigDict:
   c.best_metric = "loss"
   c.async_checkpointing = True
   c.init_from = ""
+  c.init_from_required = False
   c.reset_optimizer = False
   c.eval_every = 0
   c.eval_steps = 10
+  c.lora = ml_collections.ConfigDict({
+      "rank": 0, "alpha": 16.0,
+      "targets": r"^llm/layers/attn/,^llm/layers/mlp/",
+      "trainable_patterns": ""})
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
   c.model = ml_collections.ConfigDict({
       "preset": "debug", "overrides": None,
@@ -209,9 +230,23 @@ class ModelSetup:
     # Outside the mesh context: unboxing there would apply eager sharding constraints.
     self.params_sharding = sharding_lib.param_shardings(mesh, boxed)
     self.abstract_params = nn.unbox(boxed)
+    self.base_abstract_params = self.abstract_params
+    self.lora = lora_lib.config_from(_get(config, "lora", None))
+    trainable = None
+    if self.lora is not None:
+      self.abstract_params = lora_lib.abstract_adapters(self.abstract_params, self.lora)
+      self.params_sharding = lora_lib.fill_like(
+          self.abstract_params, self.params_sharding, mesh_lib.replicated(mesh))
+      keep = optimizer_lib.match_tree(
+          self.abstract_params,
+          _get(_get(config, "lora", {}), "trainable_patterns", ""),
+          "lora.trainable_patterns")
+      trainable = jax.tree.map(lambda a, k: bool(a or k),
+                               lora_lib.adapter_mask(self.abstract_params), keep)
     num_steps = int(config.num_steps)
     self.tx, self.schedule, self.frozen = optimizer_lib.make_optimizer(
-        config.optimizer, self.abstract_params, num_steps)
+        config.optimizer, self.abstract_params, num_steps, trainable=trainable)
+    scale = self.lora.scale if self.lora is not None else None
     self.abstract_state = jax.eval_shape(
         lambda p: state_lib.create(p, self.tx, jax.random.key(0)), self.abstract_params)
     self.state_sharding = step_lib.state_shardings(mesh, self.abstract_state,
@@ -219,10 +254,11 @@ class ModelSetup:
     accum = int(_get(config.optimizer, "grad_accum_steps", 1))
     step_fn = step_lib.make_train_step(self.model, self.tx, self.schedule, self.frozen,
                                        num_datasets=num_datasets, grad_accum_steps=accum,
-                                       mesh=mesh)
+                                       mesh=mesh, lora_scale=scale)
     self.train_step = step_lib.jit_train_step(step_fn, mesh, self.state_sharding,
                                               self.batch_keys)
-    eval_fn = step_lib.make_eval_step(self.model, num_datasets=num_datasets)
+    eval_fn = step_lib.make_eval_step(self.model, num_datasets=num_datasets,
+                                      lora_scale=scale)
     self.eval_step = step_lib.jit_eval_step(eval_fn, mesh, self.params_sharding,
                                             self.batch_keys)
 
@@ -236,10 +272,18 @@ class ModelSetup:
 
   def init_params(self, seed: int):
     dummy = self._dummy
-    init = jax.jit(lambda r: nn.unbox(self.model.init(r, *dummy)["params"]),
+    init = jax.jit(lambda r: self.add_adapters(nn.unbox(self.model.init(r, *dummy)["params"]),
+                                               seed),
                    out_shardings=self.params_sharding)
     with self.context():
       return init(jax.random.key(seed))
+
+  def add_adapters(self, base_params, seed: int):
+    """Base params -> params + fresh LoRA adapters (identity when LoRA is off)."""
+    if self.lora is None:
+      return base_params
+    return lora_lib.init_adapters(base_params, self.lora,
+                                  jax.random.fold_in(jax.random.key(seed), 0x10A))
 
   def create_state(self, params, seed: int, step: int = 0) -> state_lib.TrainState:
     fn = jax.jit(lambda p, r: state_lib.create(p, self.tx, r, step),
@@ -275,35 +319,83 @@ def _filter(batch: Mapping[str, Any], keys) -> dict:
   return {k: np.asarray(batch[k]) for k in keys}
 
 
-def _load_init_params(init_from: str, setup: ModelSetup):
-  """Params from a vlax checkpoint or an HF PaliGemma directory, on the right shardings."""
+def _load_init_params(init_from: str, setup: ModelSetup, seed: int = 0):
+  """Params from a vlax checkpoint / export bundle or an HF PaliGemma directory, on the
+  right shardings (+ fresh LoRA adapters when this run uses LoRA)."""
   from vlax.checkpoints import format as ckpt_format  # pylint: disable=g-import-not-at-top
+  from vlax.inference import export as export_lib  # pylint: disable=g-import-not-at-top
   if not os.path.exists(init_from) and "://" not in init_from:
     raise VlaxError(f"init_from: path does not exist: {init_from}")
-  is_hf = os.path.exists(os.path.join(init_from, "config.json")) and not (
-      ckpt_format.all_steps(init_from) or ckpt_format._is_step_dir(init_from))  # pylint: disable=protected-access
-  if is_hf:
+  if _is_hf_dir(init_from):
     import vlax  # pylint: disable=g-import-not-at-top
-    host = vlax.load_pretrained(init_from).params
-    params = host
+    params, meta = vlax.load_pretrained(init_from).params, {}
   else:
-    params, _ = ckpt_format.load_params(init_from, shardings=None)
-  want = jax.tree_util.tree_flatten_with_path(setup.abstract_params)[0]
-  have = {optimizer_lib.path_str(p): np.shape(x)
+    params, meta = ckpt_format.load_params(init_from, shardings=None)
+  if export_lib.has_lora(params):  # a LoRA run's checkpoint: start from the merged model
+    params = export_lib.merge_lora(params, (meta or {}).get("lora"))
+  want = {optimizer_lib.path_str(p): tuple(a.shape) for p, a in
+          jax.tree_util.tree_flatten_with_path(setup.base_abstract_params)[0]}
+  have = {optimizer_lib.path_str(p): tuple(np.shape(x))
           for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-  bad = []
-  for p, a in want:
-    name = optimizer_lib.path_str(p)
-    if have.get(name) != tuple(a.shape):
-      bad.append(f"{name}: checkpoint {have.get(name)} vs model {tuple(a.shape)}")
+  emb = "llm/embedder/input_embedding"
+  if emb in want and emb in have and want[emb][0] != have[emb][0]:
+    raise VlaxError(
+        f"init_from {init_from}: vocabulary size differs: the checkpoint has "
+        f"{have[emb][0]} tokens ({emb} {have[emb]}), this run's model has {want[emb][0]} "
+        f"({want[emb]}), set by the data's text + action tokenizers (config.data."
+        "text_tokenizer, action_tokenizer, num_bins / fast_vocab_size, "
+        "action_vocab_start) or model.overrides llm.vocab_size; use the same tokenizer "
+        "settings as the checkpoint")
+  bad = [f"{n}: checkpoint {have.get(n, 'missing')} vs model {w}"
+         for n, w in want.items() if have.get(n) != w]
   if bad:
     raise VlaxError(f"init_from {init_from}: params do not match the configured model "
-                    f"({len(bad)} mismatches, e.g. {bad[:3]})")
-  params = jax.tree.map(lambda a, x: np.asarray(x, a.dtype), setup.abstract_params,
-                        _restructure(params, setup.abstract_params))
+                    f"({len(bad)} mismatches, e.g. {bad[:3]}); check config.model.preset "
+                    "and model.overrides against the checkpoint's metadata['model']")
+  params = jax.tree.map(lambda a, x: np.asarray(x, a.dtype), setup.base_abstract_params,
+                        _restructure(params, setup.base_abstract_params))
+  params = jax.tree.map(np.asarray, setup.add_adapters(params, seed))
   return jax.tree.map(
       lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx]),
       params, setup.params_sharding)
+
+
+def _is_hf_dir(path: str) -> bool:
+  from vlax.checkpoints import format as ckpt_format  # pylint: disable=g-import-not-at-top
+  return os.path.exists(os.path.join(path, "config.json")) and not (
+      ckpt_format.all_steps(path) or ckpt_format._is_step_dir(path))  # pylint: disable=protected-access
+
+
+def _init_opt_state(init_from: str, setup: ModelSetup, state, reset: bool):
+  """With init_from and reset_optimizer=False: the init checkpoint's optimizer state
+  (if it has one) replaces the fresh one. Returns (state, message)."""
+  from vlax.checkpoints import format as ckpt_format  # pylint: disable=g-import-not-at-top
+  if reset:
+    return state, "fresh optimizer state (reset_optimizer=True)"
+  if _is_hf_dir(init_from):
+    return state, "fresh optimizer state (init_from holds released weights only)"
+  root, step = ckpt_format.resolve(init_from)
+  d = os.path.join(root, str(step), checkpointing.OPT_STATE)
+  if "://" not in d and not os.path.isdir(d):
+    return state, (f"fresh optimizer state ({root}/{step} has no optimizer state, e.g. "
+                   "an export bundle)")
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  opt_abs = checkpointing._flat_opt_state(checkpointing._abstract(  # pylint: disable=protected-access
+      setup.abstract_state.opt_state, setup.state_sharding.opt_state))
+  opt_abs["num_leaves"] = jax.ShapeDtypeStruct((), np.int32,
+                                               sharding=setup.state_sharding.step)
+  try:
+    flat = ocp.PyTreeCheckpointer().restore(d, args=ocp.args.PyTreeRestore(
+        item=opt_abs, restore_args=ocp.checkpoint_utils.construct_restore_args(opt_abs)))
+    opt_state = checkpointing._unflat_opt_state(flat, setup.abstract_state.opt_state)  # pylint: disable=protected-access
+  except Exception as e:  # pylint: disable=broad-except
+    raise VlaxError(
+        f"init_from {init_from}: its optimizer state (step {step}) does not fit this run's "
+        f"optimizer (name, freeze_patterns, LoRA or model shapes differ): "
+        f"{type(e).__name__}: {str(e)[:300]}. Set reset_optimizer=True to start a fresh "
+        "optimizer state from its params") from None
+  return state.replace(opt_state=opt_state), (
+      f"optimizer state kept from {root}/{step} (reset_optimizer=False)")
 
 
 def _restructure(params, like):
@@ -468,6 +560,11 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
   try:
     resume_step = ckpt.latest_step()
     start_step = resume_step or 0
+    if (resume_step is None and _get(config, "init_from_required", False)
+        and not _get(config, "init_from", "")):
+      raise VlaxError("config.init_from is required by this config (a fine-tuning "
+                      "config): pass --config.init_from=PATH (a vlax checkpoint, an "
+                      "export bundle or imported PaliGemma weights)")
 
     data_it, data_meta = data_iterator_fn(config, pid, nproc, start_step)
     data_meta = dict(data_meta or {})
@@ -487,6 +584,9 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
         "dataset_names": dataset_names,
         "config": config_to_dict(config),
     }
+    if setup.lora is not None:
+      metadata["lora"] = setup.lora.to_metadata()
+    init_message = None
     seed = int(_get(config, "seed", 0))
     reset_opt = bool(_get(config, "reset_optimizer", False))
     if resume_step is not None:
@@ -501,9 +601,12 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
                         f"{int(jax.device_get(state.step))}")
     else:
       init_from = _get(config, "init_from", "")
-      params = (_load_init_params(init_from, setup) if init_from
+      params = (_load_init_params(init_from, setup, seed) if init_from
                 else setup.init_params(seed))
       state = setup.create_state(params, seed)
+      if init_from:
+        state, init_message = _init_opt_state(init_from, setup, state, reset_opt)
+        init_message = f"initialized from {init_from}; {init_message}"
 
     logger = logging_lib.MetricsLogger(
         workdir, total_steps=num_steps, start_step=start_step, batch_size=batch_size,
@@ -516,6 +619,8 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
       logger.message(f"resumed from {ckpt.root}/{resume_step}; input pipeline: "
                      + ("iterator state restored" if data_restored else
                         f"re-seeded with start_step={start_step}"))
+    if init_message:
+      logger.message(init_message)
     n_params = optimizer_lib.count_params(setup.abstract_params)
     n_frozen = optimizer_lib.count_params(setup.abstract_params, setup.frozen)
     logger.message(f"model {_get(config.model, 'preset')}: {n_params:,} params "

@@ -55,6 +55,8 @@ MIXTURES: dict[str, tuple[tuple[str, float], ...]] = {
     "fractal_only": (("fractal20220817_data", 1.0),),
     # The debug config's built-in data (registered by vlax.data.oxe.toy).
     "toy": (("toy_reach_a", 1.0), ("toy_reach_b", 1.0)),
+    # A robot the debug pretraining never saw (experiments/finetune_new_robot.py).
+    "toy_new_robot": (("toy_reach_c", 1.0),),
 }
 
 

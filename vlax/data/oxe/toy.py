@@ -1,7 +1,9 @@
-"""Registry entries and writer of the built-in toy datasets `toy_reach_a` / `toy_reach_b`.
+"""Registry entries and writer of the built-in toy datasets `toy_reach_a/b/c`.
 
-The debug config trains on these (two embodiments with different action spaces and
-cameras, see `vlax.data.toy_env`). `write_toy_robot_data(data_dir)` generates them as real
+The debug config trains on a + b (two embodiments with different action spaces and
+cameras, see `vlax.data.toy_env`); c (2-D action, no gripper) is the "new robot" that
+experiments/finetune_new_robot.py adapts a pretrained checkpoint to (mixture
+`toy_new_robot`). `write_toy_robot_data(data_dir)` generates them as real
 RLDS/TFDS datasets in a few seconds; `data_pipelines/make_toy_robot_data.py` is its CLI.
 """
 
@@ -15,7 +17,7 @@ import numpy as np
 from vlax.data.oxe.registry import ActionEncoding, DatasetSpec, register, _REGISTRY
 
 VERSION = "1.0.0"
-TOY_DATASETS = {"toy_reach_a": "a", "toy_reach_b": "b"}
+TOY_DATASETS = {"toy_reach_a": "a", "toy_reach_b": "b", "toy_reach_c": "c"}
 
 
 def _standardize_toy(traj: dict[str, Any]) -> dict[str, Any]:
@@ -45,6 +47,16 @@ def _register() -> None:
           proprio_normalization_mask=(True, True, True, False),
           language_key="language_instruction", gripper="close=1 open=0 (toy)",
           description="Toy 3-D reaching: [dx, dy, dz, gripper], top-down + wrist cameras."),
+      DatasetSpec(
+          name="toy_reach_c", version=VERSION,
+          image_keys={"primary": "image", "wrist": "wrist_image"},
+          standardize=_standardize_toy, action_dim=2, proprio_dim=2,
+          action_encoding=ActionEncoding.PLANAR_2,
+          action_normalization_mask=(True, True),
+          proprio_normalization_mask=(True, True),
+          language_key="language_instruction", gripper="none",
+          description="Toy planar reaching without gripper: [dx, dy], top-down + wrist "
+                      "cameras (the fine-tuning recipe's new robot)."),
   ]
   for spec in specs:
     if spec.name not in _REGISTRY:
@@ -103,18 +115,22 @@ def toy_episodes(embodiment: str, num_episodes: int, *, image_size: int = 64,
 
 def write_toy_robot_data(data_dir: str, *, num_episodes: int = 100, image_size: int = 64,
                          episode_len: int = 20, seed: int = 0, num_shards: int = 2,
-                         datasets: Sequence[str] = tuple(TOY_DATASETS),
+                         datasets: Sequence[str] = ("toy_reach_a", "toy_reach_b"),
                          overwrite: bool = False) -> dict[str, str]:
   """Writes the toy RLDS datasets under `data_dir`; returns {name: version dir}.
 
+  Default: the debug pretraining robots a + b; pass `datasets` for toy_reach_c.
+
   Skips a dataset whose version directory already exists unless `overwrite`.
-  Each dataset gets its own seed stream (`seed` + index), so a and b differ.
+  Each dataset gets its own seed stream (`seed` + its index in TOY_DATASETS), so a, b
+  and c differ and do not depend on which others are written.
   """
   from vlax.data import rlds  # pylint: disable=g-import-not-at-top
   out = {}
-  for k, name in enumerate(datasets):
+  for name in datasets:
     if name not in TOY_DATASETS:
       raise ValueError(f"unknown toy dataset {name!r}; use {list(TOY_DATASETS)}")
+    k = list(TOY_DATASETS).index(name)  # a fixed stream per dataset, whatever the list
     path = os.path.join(str(data_dir), name, VERSION)
     if not overwrite and os.path.exists(os.path.join(path, "dataset_info.json")):
       out[name] = path
