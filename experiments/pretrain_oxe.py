@@ -22,6 +22,9 @@ def get_config(arg: str | None = None):
   c.checkpoint_every = 2000
   c.keep_checkpoints = 3
   c.keep_best = 1
+  # The data-state checkpoint holds the shuffle buffer (GBs per host at this size): off;
+  # a resumed run re-seeds its stream with the resume step instead.
+  c.save_data_state = False
   c.eval_every = 2000
   c.eval_steps = 20
   c.init_from = ""  # a vlax checkpoint of imported PaliGemma weights

@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
                  help="config for the eval data (default: the checkpoint's training config)")
   p.add_argument("--env", default=None, help="closed-loop toy environment, e.g. toy_reach")
   p.add_argument("--episodes", type=int, default=20, help="episodes for --env")
+  p.add_argument("--embodiment", default=None,
+                 help="toy embodiment for --env (a, b, c; default: every toy dataset)")
+  p.add_argument("--execute-steps", type=int, default=1,
+                 help="--env: actions of each predicted chunk executed open-loop")
+  p.add_argument("--seed", type=int, default=0, help="--env: first episode seed")
   p.add_argument("--max-batches", type=int, default=None, help="limit offline eval batches")
   p.set_defaults(fn=_cmd_eval)
 

@@ -109,6 +109,8 @@ def default_train_config() -> ml_collections.ConfigDict:
   c.keep_best = 0
   c.best_metric = "loss"
   c.async_checkpointing = True
+  c.save_data_state = True  # input-pipeline position with each checkpoint (holds the shuffle
+  # buffers: ~6 MB for debug, GBs per host with OXE-sized buffers -> off in pretrain_oxe)
   c.init_from = ""
   c.init_from_required = False
   c.reset_optimizer = False
@@ -457,8 +459,9 @@ def _evaluate(setup: ModelSetup, params, eval_iterator_fn, config, dataset_names
 _acc_jit = jax.jit(step_lib.accumulate)
 
 
-def _data_state_dir(workdir: str, step: int, pid: int) -> str:
-  return os.path.join(workdir, "data_state", str(step), f"process_{pid}")
+def _data_state_dir(workdir: str, step: int, pid: int) -> "epath.Path":
+  from etils import epath  # pylint: disable=g-import-not-at-top  (local or gs://)
+  return epath.Path(workdir) / "data_state" / str(step) / f"process_{pid}"
 
 
 def _save_data_state(data_it, workdir: str, step: int, pid: int, nproc: int, ckpt) -> None:
@@ -470,42 +473,55 @@ def _save_data_state(data_it, workdir: str, step: int, pid: int, nproc: int, ckp
   if not hasattr(data_it, "save_state"):
     return
   d = _data_state_dir(workdir, step, pid)
-  os.makedirs(d, exist_ok=True)
-  data_it.save_state(d)
-  with open(os.path.join(d, "process_count"), "w") as f:
-    f.write(str(nproc))
+  d.mkdir(parents=True, exist_ok=True)
+  data_it.save_state(os.fspath(d))
+  (d / "process_count").write_text(str(nproc))
   _prune_data_state(workdir, set(ckpt.all_steps()) | {step}, pid)
 
 
 def _prune_data_state(workdir: str, keep: set[int], pid: int) -> None:
   """Deletes this process's data states of steps whose checkpoint is gone."""
-  import shutil  # pylint: disable=g-import-not-at-top
-  root = os.path.join(workdir, "data_state")
-  if not os.path.isdir(root):
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  root = epath.Path(workdir) / "data_state"
+  if not root.is_dir():
     return
-  for name in os.listdir(root):
-    if name.isdigit() and int(name) not in keep:
-      shutil.rmtree(os.path.join(root, name, f"process_{pid}"), ignore_errors=True)
+  for step_dir in root.iterdir():
+    if step_dir.name.isdigit() and int(step_dir.name) not in keep:
+      mine = step_dir / f"process_{pid}"
+      if mine.exists():
+        mine.rmtree()
       try:
-        os.rmdir(os.path.join(root, name))  # only once every process removed its own
+        if not any(step_dir.iterdir()):  # the last process to leave removes the step
+          step_dir.rmdir()
       except OSError:
         pass
 
 
 def _restore_data_state(data_it, workdir: str, step: int | None, pid: int,
                         nproc: int) -> bool:
-  """Restores the iterator position saved with checkpoint `step` (same process count)."""
+  """Restores the iterator position saved with checkpoint `step` (same process count).
+
+  Returns False (the stream is then re-seeded with the resume step) when there is no
+  state, the process count changed, or the state does not fit the pipeline (e.g. the
+  data config changed); the reason is printed, never silently ignored.
+  """
   if step is None or not hasattr(data_it, "restore_state"):
     return False
   d = _data_state_dir(workdir, step, pid)
   try:
-    with open(os.path.join(d, "process_count")) as f:
-      saved_nproc = int(f.read().strip())
+    saved_nproc = int((d / "process_count").read_text().strip())
   except (OSError, ValueError):
     return False
   if saved_nproc != nproc:
-    return False  # another host count: shards differ, fall back to re-seeding
-  data_it.restore_state(d)
+    print(f"data state of step {step} was written by {saved_nproc} processes, this run has "
+          f"{nproc}: the input stream is re-seeded with the resume step instead")
+    return False
+  try:
+    data_it.restore_state(os.fspath(d))
+  except VlaxError as e:
+    print(f"data state not restored ({e}); the input stream is re-seeded with the resume "
+          "step instead")
+    return False
   return True
 
 
@@ -544,6 +560,7 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
   local_bs = batch_size // nproc
   log_every = max(1, int(_get(config, "log_every", 10)))
   ckpt_every = int(_get(config, "checkpoint_every", 0))
+  save_data_state = bool(_get(config, "save_data_state", True))
   eval_every = int(_get(config, "eval_every", 0)) if eval_iterator_fn else 0
 
   if pid == 0:
@@ -690,7 +707,8 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
         best = dict(last_metrics)
         if not is_log:
           best.update(loss_lib.summarize(host["sums"], dataset_names))
-        _save_data_state(data_it, workdir, step, pid, nproc, ckpt)
+        if save_data_state:
+          _save_data_state(data_it, workdir, step, pid, nproc, ckpt)
         ckpt.save(step, state, metadata, metrics=best)
         last_saved = step
       if preempted:
