@@ -318,9 +318,14 @@ def write_rlds(name: str, data_dir: str, features: Any, episodes: Sequence[Mappi
   from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
   was_active = getattr(tqdm_utils, "_active", True)
   tfds.display_progress_bar(False)
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
   try:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(num_shards=num_shards))
+    # tfds prints "Downloading and preparing dataset ..." on stdout, which would corrupt
+    # the output of commands that print data (e.g. the registry template).
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(num_shards=num_shards))
   finally:
     tfds.display_progress_bar(was_active)
   return path

@@ -90,7 +90,37 @@ def register(spec: DatasetSpec, *, overwrite: bool = False) -> DatasetSpec:
   return spec
 
 
+def _load_user_module(entry: str) -> None:
+  """Imports a module name or executes a .py file that calls `register(...)`."""
+  if entry.endswith(".py"):
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    import os  # pylint: disable=g-import-not-at-top
+    if not os.path.isfile(entry):
+      raise VlaxError(f"VLAX_DATASETS: dataset registration file not found: {entry}")
+    spec = importlib.util.spec_from_file_location(
+        f"vlax_user_datasets_{abs(hash(entry))}", entry)
+    module = importlib.util.module_from_spec(spec)
+    try:
+      spec.loader.exec_module(module)
+    except VlaxError:
+      raise
+    except Exception as e:  # noqa: BLE001 - name the user's file
+      raise VlaxError(f"VLAX_DATASETS: {entry} failed to load: {type(e).__name__}: {e}") from e
+  else:
+    try:
+      importlib.import_module(entry)
+    except ImportError as e:
+      raise VlaxError(f"VLAX_DATASETS: cannot import {entry!r}: {e}") from e
+
+
 def _load_catalog() -> None:
+  """Registers the built-in datasets, then the user's (env VLAX_DATASETS).
+
+  VLAX_DATASETS is a comma-separated list of module names or .py files that call
+  `register(DatasetSpec(...))` (e.g. the template printed by
+  data_pipelines/convert_episodes_to_rlds.py), so every command (train, stats,
+  inspect-data, eval) sees a new robot's dataset without editing vlax.
+  """
   global _catalog_loaded
   if _catalog_loaded:
     return
@@ -101,6 +131,9 @@ def _load_catalog() -> None:
     except ModuleNotFoundError as e:
       if e.name != module:
         raise
+  import os  # pylint: disable=g-import-not-at-top
+  for entry in filter(None, (s.strip() for s in os.environ.get("VLAX_DATASETS", "").split(","))):
+    _load_user_module(entry)
 
 
 def get_spec(name: str) -> DatasetSpec:
