@@ -94,17 +94,8 @@ def config_from(c: Any) -> LoraConfig | None:
 
 
 def path_str(path) -> str:
-  parts = []
-  for k in path:
-    if isinstance(k, jax.tree_util.DictKey):
-      parts.append(str(k.key))
-    elif isinstance(k, jax.tree_util.GetAttrKey):
-      parts.append(k.name)
-    elif isinstance(k, jax.tree_util.SequenceKey):
-      parts.append(str(k.idx))
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
+  """jax key path -> 'a/b/c'."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def is_adapter(name: str) -> bool:

@@ -29,17 +29,7 @@ DEFAULT_NO_DECAY = (r"bias$", r"scale$", r"norm", r"LayerNorm", r"pos_embedding$
 
 def path_str(path) -> str:
   """jax key path -> 'a/b/c'."""
-  parts = []
-  for k in path:
-    if isinstance(k, jax.tree_util.DictKey):
-      parts.append(str(k.key))
-    elif isinstance(k, jax.tree_util.GetAttrKey):
-      parts.append(k.name)
-    elif isinstance(k, jax.tree_util.SequenceKey):
-      parts.append(str(k.idx))
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _compile(patterns: Sequence[str] | str | None, what: str) -> list[re.Pattern]:
