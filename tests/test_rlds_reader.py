@@ -79,8 +79,8 @@ def test_bad_process_index(toy_dir):
 
 
 def test_unknown_dataset_and_missing_version(toy_dir):
-  with pytest.raises(VlaxError, match="unknown dataset 'toy_reach_c'.*toy_reach_a"):
-    registry.get_spec("toy_reach_c")
+  with pytest.raises(VlaxError, match="unknown dataset 'toy_reach_z'.*toy_reach_a"):
+    registry.get_spec("toy_reach_z")
   with pytest.raises(VlaxError, match="'nope'.*no directory"):
     rlds.read_trajectories("nope", toy_dir)
   with pytest.raises(VlaxError, match=r"'toy_reach_a'.*9\.9\.9.*versions found: 1\.0\.0"):
