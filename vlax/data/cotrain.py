@@ -355,6 +355,17 @@ def default_data_config():
   return c
 
 
+def resolve_data_config(config: Any):
+  """`config.data` merged over `default_data_config()`; unknown keys are an error."""
+  d = default_data_config()
+  if "data" in config and config.data is not None:
+    unknown = sorted(set(dict(config.data)) - set(d.keys()))
+    if unknown:
+      raise VlaxError(f"config.data: unknown keys {unknown}; known: {sorted(d.keys())}")
+    d.update(dict(config.data))
+  return d
+
+
 def _robot_entries(spec: Any) -> list[tuple[str, float]]:
   from vlax.data import mixture as mixture_lib  # pylint: disable=g-import-not-at-top
   from vlax.data.oxe import mixtures  # pylint: disable=g-import-not-at-top
@@ -389,12 +400,7 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
   from vlax.data.sequence import SequenceConfig, collect_action_chunks  # pylint: disable=g-import-not-at-top
   from vlax.data.text_tokenizer import TextTokenizer, load_toy_tokenizer  # pylint: disable=g-import-not-at-top
 
-  d = default_data_config()
-  if "data" in config and config.data is not None:
-    unknown = sorted(set(dict(config.data)) - set(d.keys()))
-    if unknown:
-      raise VlaxError(f"config.data: unknown keys {unknown}; known: {sorted(d.keys())}")
-    d.update(dict(config.data))
+  d = resolve_data_config(config)
   seed = int(config.get("seed", 0))
 
   def data_seed(step: int) -> int:  # shuffle / augmentation / web seeds of a start step

@@ -59,6 +59,7 @@ def eval_config(metadata: Mapping[str, Any], config: str | None = None,
   """The data config of the eval: the checkpoint's training config, or `config`."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from vlax.config import apply_overrides, load_config  # pylint: disable=g-import-not-at-top
+  from vlax.data.cotrain import resolve_data_config  # pylint: disable=g-import-not-at-top
   if config:
     return load_config(config, overrides)
   stored = metadata.get("config") or {}
@@ -66,19 +67,8 @@ def eval_config(metadata: Mapping[str, Any], config: str | None = None,
     raise VlaxError("checkpoint metadata has no training 'config'; pass --config")
   cfg = ml_collections.ConfigDict(dict(stored))
   # Fill missing data keys with their defaults so that any of them can be overridden.
-  cfg.data = _data_section(cfg)
+  cfg.data = resolve_data_config(cfg)
   return apply_overrides(cfg, overrides)
-
-
-def _data_section(config) -> Any:
-  from vlax.data.cotrain import default_data_config  # pylint: disable=g-import-not-at-top
-  d = default_data_config()
-  if "data" in config and config.data is not None:
-    unknown = sorted(set(dict(config.data)) - set(d.keys()))
-    if unknown:
-      raise VlaxError(f"config.data: unknown keys {unknown}; known: {sorted(d.keys())}")
-    d.update(dict(config.data))
-  return d
 
 
 def _normalization_mode(name: str, stats: Mapping[str, Any]) -> str:
@@ -91,11 +81,11 @@ class EvalData:
 
   def __init__(self, config, metadata: Mapping[str, Any],
                datasets: Sequence[str] | None = None):
-    from vlax.data.cotrain import _robot_entries  # pylint: disable=g-import-not-at-top
+    from vlax.data.cotrain import _robot_entries, resolve_data_config  # pylint: disable=g-import-not-at-top
     from vlax.data.oxe import registry  # pylint: disable=g-import-not-at-top
     from vlax.data.sequence import SequenceBuilder  # pylint: disable=g-import-not-at-top
     self.config = config
-    self.data = _data_section(config)
+    self.data = resolve_data_config(config)
     entries = _robot_entries(self.data.robot_datasets)
     if datasets:
       known = [n for n, _ in entries]
