@@ -129,3 +129,38 @@ def test_convert_episodes_to_rlds_and_template(tmp_path):
   assert stats["conv_test_robot"]["num_trajectories"] == 3
   assert frames[0]["observation"]["image_wrist_mask"]
   assert frames[0]["language_instruction"] == b"pick up the cup"
+
+
+@pytest.mark.parametrize("emb", ["a", "b", "c"])
+def test_oracle_episode_ends_at_success(emb):
+  env = ToyReachEnv(emb, image_size=16, seed=0)
+  lengths = []
+  for ep in range(20):
+    steps = rollout_oracle(env, seed=ep, end_at_success=True)
+    lengths.append(len(steps))
+    # Replaying the recorded actions succeeds exactly at the last one, not before.
+    env.reset(seed=ep)
+    for t, s in enumerate(steps):
+      _, _, _, info = env.step(s["action"])
+      assert info["success"] == (t == len(steps) - 1), (ep, t)
+    # The step limit still applies; without end_at_success episodes are full length.
+    assert len(rollout_oracle(env, seed=ep)) == env.max_steps
+  assert max(lengths) < env.max_steps and min(lengths) >= 1
+
+
+def test_toy_data_is_rewritten_when_its_settings_change(tmp_path):
+  kw = dict(num_episodes=3, image_size=16, episode_len=12, datasets=("toy_reach_a",))
+  path = toy.write_toy_robot_data(str(tmp_path), end_at_success=True, **kw)["toy_reach_a"]
+
+  def lengths():
+    trajs = rlds.read_trajectories("toy_reach_a", str(tmp_path), process_index=0,
+                                   process_count=1).as_numpy_iterator()
+    return sorted(len(t["action"]) for t in trajs)
+
+  short = lengths()
+  assert max(short) < 12
+  mtime = os.path.getmtime(os.path.join(path, "dataset_info.json"))
+  toy.write_toy_robot_data(str(tmp_path), end_at_success=True, **kw)  # same: kept
+  assert os.path.getmtime(os.path.join(path, "dataset_info.json")) == mtime
+  toy.write_toy_robot_data(str(tmp_path), end_at_success=False, **kw)  # changed: rewritten
+  assert lengths() == [12, 12, 12]

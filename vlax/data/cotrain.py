@@ -327,7 +327,8 @@ def default_data_config():
   c.robot_datasets = "toy"  # mixture name, or "name:weight,name:weight", or "" (none)
   c.data_dir = ""  # "" with toy datasets: generated under <workdir>/toy_data
   c.toy_episodes = 40
-  c.toy_episode_len = 20
+  c.toy_episode_len = 20  # step limit of a toy episode
+  c.toy_end_at_success = True  # episodes end when the block is reached (no idle frames)
   c.stats_cache_dir = ""  # "" = the robot pipeline's default (<workdir>/cache for toy)
   c.image_size = 64
   c.cameras = ("primary", "wrist")
@@ -420,7 +421,7 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
                             else f"toy_data_p{process_index}")
     toy.write_toy_robot_data(data_dir, num_episodes=int(d.toy_episodes),
                              image_size=image_size, episode_len=int(d.toy_episode_len),
-                             datasets=names)
+                             end_at_success=bool(d.toy_end_at_success), datasets=names)
     stats_cache = stats_cache or os.path.join(workdir, "cache")
 
   cameras = tuple(d.cameras)

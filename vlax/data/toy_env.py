@@ -162,14 +162,20 @@ class ToyReachEnv:
     return obs
 
 
-def rollout_oracle(env: ToyReachEnv, seed: int | None = None) -> list[dict[str, Any]]:
-  """One episode of the oracle policy: a list of (observation, action) steps."""
+def rollout_oracle(env: ToyReachEnv, seed: int | None = None, *,
+                   end_at_success: bool = False) -> list[dict[str, Any]]:
+  """One episode of the oracle policy: a list of (observation, action) steps.
+
+  end_at_success: stop at the step that succeeds (as a real demonstration would)
+  instead of idling at the block until `max_steps`; idle frames are zero actions that
+  make "stay" the most frequent label.
+  """
   obs = env.reset(seed)
   steps = []
   for _ in range(env.max_steps):
     action = env.oracle_action()
     steps.append({"observation": obs, "action": action})
-    obs, _, done, _ = env.step(action)
-    if done:
+    obs, _, done, info = env.step(action)
+    if done or (end_at_success and info["success"]):
       break
   return steps

@@ -150,7 +150,8 @@ class EvalData:
     # Same generator arguments as training -> the same (deterministic) episodes.
     toy.write_toy_robot_data(data_dir, num_episodes=int(d.toy_episodes),
                              image_size=int(d.image_size),
-                             episode_len=int(d.toy_episode_len), datasets=self.names)
+                             episode_len=int(d.toy_episode_len),
+                             end_at_success=bool(d.toy_end_at_success), datasets=self.names)
     return data_dir, d.stats_cache_dir or os.path.join(workdir, "cache")
 
   def batches(self, workdir: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:

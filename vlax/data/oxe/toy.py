@@ -9,6 +9,7 @@ RLDS/TFDS datasets in a few seconds; `data_pipelines/make_toy_robot_data.py` is 
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Sequence
 
@@ -93,12 +94,16 @@ def toy_features(embodiment: str, image_size: int):
 
 
 def toy_episodes(embodiment: str, num_episodes: int, *, image_size: int = 64,
-                 episode_len: int = 20, seed: int = 0):
-  """Yields RLDS episodes of the oracle policy in ToyReachEnv (deterministic in seed)."""
+                 episode_len: int = 20, seed: int = 0, end_at_success: bool = False):
+  """Yields RLDS episodes of the oracle policy in ToyReachEnv (deterministic in seed).
+
+  episode_len: the step limit; with `end_at_success` an episode ends at its successful
+  step (5 steps on average), otherwise it always has `episode_len` steps.
+  """
   from vlax.data.toy_env import ToyReachEnv, rollout_oracle  # pylint: disable=g-import-not-at-top
   env = ToyReachEnv(embodiment, image_size=image_size, max_steps=episode_len, seed=seed)
   for i in range(num_episodes):
-    steps = rollout_oracle(env, seed=seed * 100_003 + i)
+    steps = rollout_oracle(env, seed=seed * 100_003 + i, end_at_success=end_at_success)
     out = []
     for t, s in enumerate(steps):
       o = s["observation"]
@@ -116,12 +121,15 @@ def toy_episodes(embodiment: str, num_episodes: int, *, image_size: int = 64,
 def write_toy_robot_data(data_dir: str, *, num_episodes: int = 100, image_size: int = 64,
                          episode_len: int = 20, seed: int = 0, num_shards: int = 2,
                          datasets: Sequence[str] = ("toy_reach_a", "toy_reach_b"),
+                         end_at_success: bool = False,
                          overwrite: bool = False) -> dict[str, str]:
   """Writes the toy RLDS datasets under `data_dir`; returns {name: version dir}.
 
   Default: the debug pretraining robots a + b; pass `datasets` for toy_reach_c.
 
-  Skips a dataset whose version directory already exists unless `overwrite`.
+  Skips a dataset that was already written with the same settings (recorded in
+  `<version dir>/vlax_toy_settings.json`) unless `overwrite`; different settings rewrite it,
+  so a changed config never trains on stale toy data.
   Each dataset gets its own seed stream (`seed` + its index in TOY_DATASETS), so a, b
   and c differ and do not depend on which others are written.
   """
@@ -132,14 +140,31 @@ def write_toy_robot_data(data_dir: str, *, num_episodes: int = 100, image_size: 
       raise ValueError(f"unknown toy dataset {name!r}; use {list(TOY_DATASETS)}")
     k = list(TOY_DATASETS).index(name)  # a fixed stream per dataset, whatever the list
     path = os.path.join(str(data_dir), name, VERSION)
-    if not overwrite and os.path.exists(os.path.join(path, "dataset_info.json")):
-      out[name] = path
+    settings = {"num_episodes": int(num_episodes), "image_size": int(image_size),
+                "episode_len": int(episode_len), "seed": int(seed + k),
+                "end_at_success": bool(end_at_success), "num_shards": int(num_shards)}
+    settings_path = os.path.join(path, SETTINGS_FILE)
+    if (not overwrite and os.path.exists(os.path.join(path, "dataset_info.json"))
+        and _read_settings(settings_path) in (settings, None)):
+      out[name] = path  # None: written before settings were recorded; keep it
       continue
     emb = TOY_DATASETS[name]
     out[name] = rlds.write_rlds(
         name, data_dir, toy_features(emb, image_size),
         toy_episodes(emb, num_episodes, image_size=image_size, episode_len=episode_len,
-                     seed=seed + k),
+                     seed=seed + k, end_at_success=end_at_success),
         version=VERSION, num_shards=num_shards,
         description=f"vlax toy reaching data, embodiment {emb}")
+    with open(settings_path, "w") as f:
+      json.dump(settings, f, sort_keys=True)
   return out
+
+
+SETTINGS_FILE = "vlax_toy_settings.json"
+
+
+def _read_settings(path: str) -> dict[str, Any] | None:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
