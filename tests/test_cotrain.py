@@ -2,6 +2,7 @@
 batches whose action tokens decode (through unnormalize) back to robot-unit actions."""
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -238,3 +239,20 @@ def test_make_data_iterator_from_config(tmp_path, kind):
   with pytest.raises(VlaxError, match="bogus"):
     cotrain.make_data_iterator(config, process_index=0, process_count=1,
                                workdir=str(tmp_path))
+
+
+@pytest.mark.parametrize("web,match", [
+    (({"kind": "toy", "name": "robot"},), "web source name 'robot' clashes with the source"),
+    (({"kind": "toy"}, {"kind": "toy", "num_examples": 4}),
+     "web source name 'toy' clashes with the web source"),
+    (({"kind": "toy", "name": "toy_reach_a"},),
+     "web source name 'toy_reach_a' clashes with the robot dataset"),
+])
+def test_metric_name_clash_is_an_error(tmp_path, web, match):
+  import ml_collections
+  config = ml_collections.ConfigDict({"seed": 0, "batch_size": 8})
+  config.data = ml_collections.ConfigDict({"web_sources": web})
+  with pytest.raises(VlaxError, match=match):
+    cotrain.make_data_iterator(config, process_index=0, process_count=1,
+                               workdir=str(tmp_path))
+  assert not os.listdir(tmp_path)  # refused before any toy data is written

@@ -367,6 +367,18 @@ def resolve_data_config(config: Any):
   return d
 
 
+def _check_metric_names(robot: Sequence[str], web: Sequence[str]) -> None:
+  """Each name becomes a `loss/<name>` metric next to `loss/robot` and `loss/web`."""
+  from vlax.data.sequence import SOURCE_NAMES  # pylint: disable=g-import-not-at-top
+  seen: dict[str, str] = {s: "the source metric" for s in SOURCE_NAMES}
+  for kind, names in (("robot dataset", robot), ("web source", web)):
+    for n in names:
+      if n in seen:
+        raise VlaxError(f"{kind} name {n!r} clashes with {seen[n]} of the same name "
+                        f"(metrics are keyed loss/<name>); rename it")
+      seen[n] = f"the {kind}"
+
+
 def _robot_entries(spec: Any) -> list[tuple[str, float]]:
   from vlax.data import mixture as mixture_lib  # pylint: disable=g-import-not-at-top
   from vlax.data.oxe import mixtures  # pylint: disable=g-import-not-at-top
@@ -409,6 +421,8 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
   image_size = int(d.image_size)
   entries = _robot_entries(d.robot_datasets)
   names = [n for n, _ in entries]
+  web_sources = [web_lib.WebSource(**dict(s)) for s in (d.web_sources or ())]
+  _check_metric_names(names, [s.display_name for s in web_sources])
   workdir = workdir or "."
 
   data_dir, stats_cache = d.data_dir, d.stats_cache_dir or None
@@ -474,7 +488,6 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
       window=int(d.history), prompt_template=d.prompt_template,
       proprio_bins=int(d.proprio_bins), on_overlong=d.on_overlong)
   builder = SequenceBuilder(seq_cfg, text, tok, vocab)
-  web_sources = [web_lib.WebSource(**dict(s)) for s in (d.web_sources or ())]
 
   def iterator_at(step: int, robot_frames) -> CotrainIterator:
     return make_train_iterator(
