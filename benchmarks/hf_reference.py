@@ -396,8 +396,8 @@ def profile_vlax(preset: str, trace_dir: str, batch_size: int = 4, prompt_len: i
   args = [jax.device_put(d[k]) for k in ("images", "image_mask", "tokens", "input_mask",
                                          "prefix_mask")]
   fn = decoding._cached_greedy(config, decode_tokens)  # pylint: disable=protected-access
-  dec = fn.lower(state["params"], *args).compile()
-  out["decode"] = common.profile_ops(lambda: dec(state["params"], *args),
+  dec = fn.lower(state["params"], *args, None).compile()
+  out["decode"] = common.profile_ops(lambda: dec(state["params"], *args, None),
                                      os.path.join(trace_dir, "decode"), calls=5,
                                      compiled_text=dec.as_text())
   return out

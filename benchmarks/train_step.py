@@ -16,14 +16,20 @@ so it runs on the GPU machines), and reports:
   * the FLOP/s of a large square matmul (in the model's compute dtype) timed in the
     same run on the same devices; `train_flops_vs_matmul` = achieved / matmul (higher is
     better; ~0.3-0.6 is typical for a well-fed accelerator, CPU is lower).
+
+`--scan_unroll 1,true` builds one train step per value of `model.scan_unroll` and times
+them round-robin in this process (wall and process CPU seconds per step, medians); the
+top-level figures are the first variant's, the others are under `variants`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -72,6 +78,19 @@ def matmul_flops_per_s(n: int, dtype: str, reps: int = 5) -> dict:
   return {"matmul_n": n, "matmul_seconds": dt, "matmul_flops_per_s": flops / dt}
 
 
+def _parse_unroll(s: str):
+  s = s.strip().lower()
+  if s in ("true", "false"):
+    return s == "true"
+  return int(s)
+
+
+def _cpu_s() -> float:
+  """User + system CPU seconds of this process (steadier than wall time under load)."""
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--preset", default="debug")
@@ -85,6 +104,9 @@ def main(argv=None):
   p.add_argument("--dtype", default=None, help="compute dtype (default: bf16 on GPU/TPU, "
                  "float32 on CPU)")
   p.add_argument("--remat", action="store_true")
+  p.add_argument("--scan_unroll", default=None,
+                 help="comma-separated model.scan_unroll values (true, false or an int), "
+                 "timed interleaved; default: the model config's")
   p.add_argument("--matmul_n", type=int, default=None)
   p.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
   p.add_argument("--json", default=None, help="write the results as one JSON object here")
@@ -119,27 +141,38 @@ def main(argv=None):
   batch = synthetic_batch(bs, args.num_cams, image_size, args.seq_len, vocab, args.prefix_len)
 
   mesh = mesh_lib.make_mesh(1, -1, 1)
-  t0 = time.perf_counter()
-  setup = trainer.ModelSetup(config, model_config, mesh, batch, num_datasets=1)
-  state = setup.create_state(setup.init_params(0), 0)
   gbatch = mesh_lib.global_batch(batch, mesh)
-  with setup.context():
-    compiled = setup.train_step.lower(state, gbatch).compile()
-  compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
+  unrolls = ([None] if args.scan_unroll is None else
+             [_parse_unroll(u) for u in args.scan_unroll.split(",") if u.strip()])
+  runs = {}
+  for u in unrolls:
+    mc = model_config if u is None else dataclasses.replace(model_config, scan_unroll=u)
+    t0 = time.perf_counter()
+    setup = trainer.ModelSetup(config, mc, mesh, batch, num_datasets=1)
+    state = setup.create_state(setup.init_params(0), 0)
+    with setup.context():
+      compiled = setup.train_step.lower(state, gbatch).compile()
+    runs[str(mc.scan_unroll).lower()] = {"setup": setup, "state": state,
+                                         "compile_s": time.perf_counter() - t0,
+                                         "cost": compiled.cost_analysis(), "times": [],
+                                         "cpu": []}
+  for _ in range(args.warmup):
+    for r in runs.values():
+      r["state"], _ = r["setup"].step(r["state"], gbatch)
+      jax.block_until_ready(r["state"])
+  for _ in range(args.steps):  # round-robin, so load drift hits every variant alike
+    for r in runs.values():
+      c, t = _cpu_s(), time.perf_counter()
+      r["state"], r["metrics"] = r["setup"].step(r["state"], gbatch)
+      jax.block_until_ready(r["metrics"])
+      r["times"].append(time.perf_counter() - t)
+      r["cpu"].append(_cpu_s() - c)
+  first = next(iter(runs.values()))
+  compile_s, times, m = first["compile_s"], first["times"], first["metrics"]
+  cost = first["cost"]
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   xla_flops = float((cost or {}).get("flops", float("nan")))
-
-  for _ in range(args.warmup):
-    state, m = setup.step(state, gbatch)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(args.steps):
-    t = time.perf_counter()
-    state, m = setup.step(state, gbatch)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t)
   step_s = statistics.median(times)
   loss = float(m["last"]["loss"])
 
@@ -159,6 +192,7 @@ def main(argv=None):
       "benchmark": "train_step", "preset": args.preset, "backend": backend,
       "device_kind": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
       "host": platform.node(), "dtype": dtype, "remat": args.remat,
+      "scan_unroll": next(iter(runs)), "cpu_seconds": statistics.median(first["cpu"]),
       "batch_size": bs, "num_cams": args.num_cams, "seq_len": args.seq_len,
       "image_tokens_per_example": n_img_tokens, "vocab_size": vocab,
       "params": presets.count_params(model_config)["total"],
@@ -172,6 +206,13 @@ def main(argv=None):
       **mm,
   }
   out["train_flops_vs_matmul"] = out["achieved_flops_per_s"] / mm["matmul_flops_per_s"]
+  if len(runs) > 1:
+    out["variants"] = {
+        k: {"step_seconds": statistics.median(r["times"]),
+            "cpu_seconds": statistics.median(r["cpu"]), "compile_seconds": r["compile_s"],
+            "loss": float(r["metrics"]["last"]["loss"]), "step_seconds_all": r["times"],
+            "achieved_flops_per_s": flops / statistics.median(r["times"])}
+        for k, r in runs.items()}
   print(f"train_step[{args.preset}, {backend} x{jax.device_count()}, {dtype}, batch {bs}]: "
         f"{step_s * 1e3:.1f} ms/step, {out['examples_per_s']:.1f} ex/s, "
         f"{out['sequence_tokens_per_s']:.0f} seq tok/s; "
@@ -179,6 +220,10 @@ def main(argv=None):
         f"{xla_total / 1e9:.2f}) -> {out['achieved_flops_per_s'] / 1e9:.2f} GFLOP/s vs matmul "
         f"{mm['matmul_flops_per_s'] / 1e9:.2f} GFLOP/s (ratio "
         f"{out['train_flops_vs_matmul']:.3f})")
+  for k, v in out.get("variants", {}).items():
+    print(f"  scan_unroll={k}: {v['step_seconds'] * 1e3:.1f} ms/step wall, "
+          f"{v['cpu_seconds'] * 1e3:.1f} ms CPU, compile {v['compile_seconds']:.1f} s, "
+          f"loss {v['loss']:.5f}")
   if args.json:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:

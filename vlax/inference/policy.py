@@ -113,7 +113,13 @@ class Policy:
   already in memory (e.g. evaluation during training), `Policy.from_params(params,
   metadata)`. `dataset` sets the default dataset key (needed when the checkpoint holds
   statistics of several robot datasets); every predict call may override it.
+
+  The decoder weights are laid out for KV-cache decoding once, on the first prediction,
+  and kept (`decode_weights_max_bytes`: up to that size; larger decoders, e.g. Gemma 2B
+  in fp32, are laid out inside every call instead of being held twice in memory).
   """
+
+  decode_weights_max_bytes: int = 2 << 30
 
   def __init__(self, path: str | None = None, step: int | None = None,
                dataset: str | None = None, *, params: Any = None,
@@ -172,6 +178,7 @@ class Policy:
 
     self.params = jax.tree.map(to_device, params)
     self.model = VLA(self.config)
+    self._decode_weights = None
     self.dataset = None
     if dataset is not None:
       self.dataset = self._resolve_dataset(dataset)
@@ -352,13 +359,25 @@ class Policy:
 
   # --- prediction -------------------------------------------------------------------
 
+  def _prepared_decode_weights(self):
+    """`decoding.prepare_weights` built once, if the decoder is small enough to hold twice."""
+    from vlax.models.decoding import prepare_weights  # pylint: disable=g-import-not-at-top
+    if self._decode_weights is None:
+      layers = self.params.get("llm", {}).get("layers", {})
+      size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(layers))
+      if size > self.decode_weights_max_bytes:
+        return None
+      self._decode_weights = prepare_weights(self.model, self.params)
+    return self._decode_weights
+
   def decode(self, inputs: Mapping[str, np.ndarray], num_steps: int) -> np.ndarray:
     """Greedy tokens int32 [B, num_steps] for a batch of prepared inputs."""
     from vlax.models.decoding import greedy_decode  # pylint: disable=g-import-not-at-top
     out = greedy_decode(self.model, self.params, jnp.asarray(inputs["images"]),
                         jnp.asarray(inputs["image_mask"]), jnp.asarray(inputs["tokens"]),
                         jnp.asarray(inputs["input_mask"]),
-                        jnp.asarray(inputs["prefix_mask"]), num_steps)
+                        jnp.asarray(inputs["prefix_mask"]), num_steps,
+                        weights=self._prepared_decode_weights())
     return np.asarray(jax.device_get(out))
 
   def tokens_to_actions(self, token_ids: Any, dataset: str | None = None,

@@ -51,6 +51,11 @@ class VLAConfig:
 
   dtype is the compute dtype (activations, matmul inputs); params are stored in
   param_dtype. remat wraps every scanned block in nn.remat with remat_policy.
+  scan_unroll is nn.scan's `unroll` for both layer stacks (True = all layers, 1 = a
+  rolled loop). It changes only the compiled program, never the (stacked) param tree:
+  unrolled, XLA:CPU drops a rolled loop's per-layer residual stacking and copies (train
+  step -21% at debug and medium size); 1 compiles about twice as fast and was faster with
+  remat at debug size (benchmarks/README.md). Absent from old checkpoints' metadata.
   """
   vision: SigLIPConfig = dataclasses.field(default_factory=SigLIPConfig)
   llm: GemmaConfig = dataclasses.field(default_factory=GemmaConfig)
@@ -58,6 +63,7 @@ class VLAConfig:
   param_dtype: str = "float32"
   remat: bool = False
   remat_policy: str = "nothing_saveable"
+  scan_unroll: int | bool = True
 
   def __post_init__(self):
     validate(self)
@@ -101,6 +107,9 @@ def validate(config: VLAConfig) -> None:
   if config.remat_policy not in _REMAT_POLICIES:
     raise VlaxError(f"model.remat_policy must be one of {_REMAT_POLICIES}, "
                     f"got {config.remat_policy!r}")
+  u = config.scan_unroll
+  if not isinstance(u, (bool, int)) or (not isinstance(u, bool) and u < 1):
+    raise VlaxError(f"model.scan_unroll must be a bool or an int >= 1, got {u!r}")
   for name in ("image_size", "patch_size", "width", "depth", "mlp_dim", "num_heads"):
     if getattr(v, name) <= 0:
       raise VlaxError(f"model.vision.{name} must be positive, got {getattr(v, name)}")

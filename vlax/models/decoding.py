@@ -12,6 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from vlax.models import gemma, vla
 from vlax.models.config import VLAConfig
 from vlax.models.vla import VLA
 
@@ -35,16 +36,21 @@ def _cached_greedy(config: VLAConfig, num_steps: int):
   model = VLA(config)
 
   @jax.jit
-  def run(params, images, image_mask, tokens, input_mask, prefix_mask):
+  def run(params, images, image_mask, tokens, input_mask, prefix_mask, weights):
     TRACE_COUNTS["greedy_decode"] += 1
     seq = images.shape[1] * config.vision.num_patches + tokens.shape[1]
-    logits, cache = model.apply({"params": params}, images, image_mask, tokens, input_mask,
-                                prefix_mask, seq + num_steps, method=VLA.prefill)
+    # Weights in matmul layout, one array per layer, and one cache array per layer, made
+    # once: slicing the stacked layers inside the token loop copies them at every token.
+    if weights is None:
+      weights = gemma.decode_weights(params["llm"], config.llm, jnp.dtype(config.dtype))
+    logits, cache = model.apply({"params": params}, weights, images, image_mask, tokens,
+                                input_mask, prefix_mask, seq + num_steps,
+                                method=VLA.prefill_layers)
     first = _argmax(logits)
 
     def step(carry, _):
       token, cache = carry
-      logits, cache = model.apply({"params": params}, token, cache, method=VLA.decode_step)
+      logits, cache = vla.decode_step_layers(config, weights, token, cache)
       nxt = _argmax(logits)
       return (nxt, cache), nxt
 
@@ -55,12 +61,31 @@ def _cached_greedy(config: VLAConfig, num_steps: int):
 
 
 def greedy_decode(model: VLA, params, images, image_mask, tokens, input_mask, prefix_mask,
-                  num_steps: int) -> jax.Array:
-  """Greedy tokens int32 [B, num_steps] after each example's prompt, using the KV cache."""
+                  num_steps: int, weights=None) -> jax.Array:
+  """Greedy tokens int32 [B, num_steps] after each example's prompt, using the KV cache.
+
+  weights: optional `prepare_weights(model, params)`, for callers that decode many times
+  with the same params; by default they are built inside every call.
+  """
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}")
   fn = _cached_greedy(model.config, int(num_steps))
-  return fn(params, images, image_mask, tokens, input_mask, prefix_mask)
+  return fn(params, images, image_mask, tokens, input_mask, prefix_mask, weights)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_prepare(config: VLAConfig):
+  return jax.jit(lambda p: gemma.decode_weights(p["llm"], config.llm, jnp.dtype(config.dtype)))
+
+
+def prepare_weights(model: VLA, params) -> dict:
+  """The decoder weights as greedy_decode uses them (`gemma.decode_weights`), built once.
+
+  Why: greedy_decode otherwise re-lays them out in every call, a fresh copy of the
+  decoder layers (on CPU ~0.4 s per GB, mostly page faults of the new buffer); a robot
+  loop that keeps this copy (as much memory as the decoder layers) skips that.
+  """
+  return _cached_prepare(model.config)(params)
 
 
 @functools.lru_cache(maxsize=32)

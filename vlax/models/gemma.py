@@ -34,9 +34,14 @@ class RMSNorm(nn.Module):
   def __call__(self, x):
     scale = self.param("scale", _P(nn.initializers.zeros_init(), ("embed",)), (x.shape[-1],),
                        self.param_dtype)
-    x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-    return (normed * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+    return rms_norm(x, scale, self.eps)
+
+
+def rms_norm(x, scale, eps):
+  """Gemma RMSNorm x * (1 + scale), computed in float32, returned in x's dtype."""
+  x32 = x.astype(jnp.float32)
+  normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+  return (normed * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
 
 
 class Einsum(nn.Module):
@@ -65,14 +70,22 @@ class Embedder(nn.Module):
                                       (self.vocab_size, self.width), self.param_dtype)
 
   def encode(self, tokens):
-    """Token ids -> embeddings scaled by sqrt(width), the normalizer cast to the compute dtype."""
-    x = jnp.take(self.input_embedding, tokens, axis=0).astype(self.dtype)
-    return x * jnp.sqrt(jnp.float32(self.width)).astype(self.dtype)
+    return embed_tokens(self.input_embedding, tokens, self.dtype)
 
   def decode(self, x):
-    """Tied output projection; logits in float32."""
-    return jnp.einsum("...e,ve->...v", x, jnp.asarray(self.input_embedding, self.dtype),
-                      preferred_element_type=jnp.float32)
+    return embed_logits(self.input_embedding, x, self.dtype)
+
+
+def embed_tokens(table, tokens, dtype):
+  """Token ids -> embeddings scaled by sqrt(width), the normalizer cast to the compute dtype."""
+  x = jnp.take(table, tokens, axis=0).astype(dtype)
+  return x * jnp.sqrt(jnp.float32(table.shape[-1])).astype(dtype)
+
+
+def embed_logits(table, x, dtype):
+  """Tied output projection; logits in float32."""
+  return jnp.einsum("...e,ve->...v", x, jnp.asarray(table, dtype),
+                    preferred_element_type=jnp.float32)
 
 
 def apply_rope(x, positions, theta):
@@ -92,12 +105,8 @@ class Attention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, attn_mask, kv_cache=None, cache_index=None):
-    """x [B, T, E]; attn_mask [B, T, S] (S = T, or the cache length when kv_cache is given).
-
-    With kv_cache=(k, v) [B, S, K, Dh], the T new keys/values are written at cache_index
-    and the queries attend over the whole cache; the updated cache is returned.
-    """
+  def __call__(self, x, positions, attn_mask):
+    """x [B, T, E]; attn_mask [B, T, T]. (Cached decoding: `cached_layers`.)"""
     c = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h, k_heads, d, e = c.num_heads, c.num_kv_heads, c.head_dim, c.width
@@ -111,24 +120,25 @@ class Attention(nn.Module):
     q = nn.with_logical_constraint(q, ("batch", "act_length", "act_heads", "act_head_dim"))
     k = nn.with_logical_constraint(k, ("batch", "act_length", "act_kv_heads", "act_head_dim"))
     v = nn.with_logical_constraint(v, ("batch", "act_length", "act_kv_heads", "act_head_dim"))
-    new_cache = None
-    if kv_cache is not None:
-      k_cache, v_cache = kv_cache
-      start = (0, cache_index, 0, 0)
-      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
-      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
-      new_cache = (k, v)
-    b, t = q.shape[:2]
-    q = q.reshape(b, t, k_heads, h // k_heads, d)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(self.dtype)).astype(jnp.float32)
-    logits = logits * (d ** -0.5)
-    logits = jnp.where(attn_mask[:, None, None, :, :], logits, _NEG)
-    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(self.dtype)).reshape(b, t, h, d)
+    out = attend(q, k, v, attn_mask, self.dtype)
     out = nn.with_logical_constraint(out, ("batch", "act_length", "act_heads", "act_head_dim"))
-    out = Einsum((h, d, e), ("heads", "head_dim", "embed"), _fan_in_init((0, 1), 2),
-                 name="attn_vec_einsum", **kw)("bthd,hde->bte", out)
-    return out, new_cache
+    return Einsum((h, d, e), ("heads", "head_dim", "embed"), _fan_in_init((0, 1), 2),
+                  name="attn_vec_einsum", **kw)("bthd,hde->bte", out)
+
+
+def attend(q, k, v, attn_mask, dtype):
+  """Grouped-query attention: q [B, T, H, D], k/v [B, S, K, D], attn_mask [B, T, S].
+
+  Scores and softmax in float32; returns [B, T, H, D] in dtype.
+  """
+  b, t, h, d = q.shape
+  k_heads = k.shape[2]
+  q = q.reshape(b, t, k_heads, h // k_heads, d)
+  logits = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(dtype)).astype(jnp.float32)
+  logits = logits * (d ** -0.5)
+  logits = jnp.where(attn_mask[:, None, None, :, :], logits, _NEG)
+  probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  return jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dtype)).reshape(b, t, h, d)
 
 
 class FeedForward(nn.Module):
@@ -153,42 +163,44 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm decoder block; (x, per-layer cache or None) -> (x, updated cache or None)."""
+  """Pre-norm decoder block; returns (x, None) so nn.scan can stack it."""
   config: GemmaConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, attn_mask, cache_index, kv_cache):
+  def __call__(self, x, positions, attn_mask):
     c = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     act = ("batch", "act_length", "act_embed")
     x = nn.with_logical_constraint(x, act)
     y = RMSNorm(c.rms_norm_eps, self.param_dtype, name="pre_attention_norm")(x)
-    y, new_cache = Attention(c, name="attn", **kw)(y, positions, attn_mask, kv_cache, cache_index)
-    x = x + y
+    x = x + Attention(c, name="attn", **kw)(y, positions, attn_mask)
     y = RMSNorm(c.rms_norm_eps, self.param_dtype, name="pre_ffw_norm")(x)
     y = FeedForward(c.width, c.mlp_dim, name="mlp", **kw)(y)
     x = nn.with_logical_constraint(x + y, act)
-    return x, new_cache
+    return x, None
 
 
 class Gemma(nn.Module):
-  """Decoder over [prefix embeddings (images), embedded text tokens]."""
+  """Decoder over [prefix embeddings (images), embedded text tokens], without a cache.
+
+  Training and full re-computation use it; KV-cache prefill and decoding run the same
+  math on `decode_weights` (`cached_layers`).
+  """
   config: GemmaConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: bool = False
   remat_policy: str = "nothing_saveable"
+  scan_unroll: int | bool = True
 
   @nn.compact
-  def __call__(self, tokens, prefix_embeds, positions, attn_mask, kv_cache=None, cache_index=None,
-               logits_index=None):
-    """Returns (logits, kv_cache).
+  def __call__(self, tokens, prefix_embeds, positions, attn_mask):
+    """Logits float32 [B, L, V] for the text positions.
 
     tokens [B, L]; prefix_embeds [B, P, E] or None; positions [B, P + L]; attn_mask
-    [B, P + L, S]. kv_cache: None (no cache) or (k, v), each [layers, B, S, K, Dh].
-    logits: [B, L, V] for the text positions, or [B, V] at sequence index logits_index [B].
+    [B, P + L, P + L].
     """
     c = self.config
     embedder = Embedder(c.vocab_size, c.width, self.dtype, self.param_dtype, name="embedder")
@@ -202,16 +214,70 @@ class Gemma(nn.Module):
     if self.remat:
       block = nn.remat(block, prevent_cse=False, policy=remat_policy(self.remat_policy))
     stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                    in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=c.depth,
+                    in_axes=nn.broadcast, length=c.depth, unroll=self.scan_unroll,
                     metadata_params={nn.PARTITION_NAME: "layers"})
-    x, kv_cache = stack(c, self.dtype, self.param_dtype, name="layers")(
-        x, positions, attn_mask, cache_index, kv_cache)
+    x, _ = stack(c, self.dtype, self.param_dtype, name="layers")(x, positions, attn_mask)
     x = RMSNorm(c.rms_norm_eps, self.param_dtype, name="final_norm")(x)
-    if logits_index is None:
-      x = x[:, num_prefix:]
-    else:
-      x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)[:, 0]
-    logits = embedder.decode(x)
-    if logits_index is None:
-      logits = nn.with_logical_constraint(logits, ("batch", "act_length", "act_vocab"))
-    return logits, kv_cache
+    logits = embedder.decode(x[:, num_prefix:])
+    return nn.with_logical_constraint(logits, ("batch", "act_length", "act_vocab"))
+
+
+# KV-cache prefill and decoding on pre-laid-out weights (VLA.prefill / decode_step).
+
+
+def decode_weights(params, config: GemmaConfig, dtype: Dtype) -> dict[str, Any]:
+  """The decoder's params (`params['llm']`) re-laid out for cached prefill and decoding.
+
+  Why: a token loop over the stacked [L, ...] params makes XLA:CPU copy every layer's
+  slice out of the stack (and transpose the einsum weights to [in, out]) at every token,
+  ~60% of decode time; a layer scan over the stacked weights copies the same way. Built
+  once, outside the loop, each layer gets its own arrays in matmul layout and the compute
+  dtype: q [E, H*Dh], kv [E, 2*K*Dh], o [H*Dh, E], gate, up [E, F], linear [F, E]. Only
+  q and kv are transposed (XLA:CPU transposes far slower than it slices). Costs one copy
+  of the decoder's layer weights while decoding.
+  """
+  c = config
+  h, k, d, e, f, n = (c.num_heads, c.num_kv_heads, c.head_dim, c.width, c.mlp_dim, c.depth)
+  lp = params["layers"]
+  cast = lambda x: jnp.asarray(x, dtype)
+  q = cast(lp["attn"]["q_einsum"]["w"]).transpose(0, 2, 1, 3).reshape(n, e, h * d)
+  kv = cast(lp["attn"]["kv_einsum"]["w"]).transpose(0, 3, 1, 2, 4).reshape(n, e, 2 * k * d)
+  o = cast(lp["attn"]["attn_vec_einsum"]["w"]).reshape(n, h * d, e)
+  gating = cast(lp["mlp"]["gating_einsum"])
+  linear = cast(lp["mlp"]["linear"])
+  layers = [{"attn_norm": lp["pre_attention_norm"]["scale"][i], "q": q[i], "kv": kv[i],
+             "o": o[i], "ffw_norm": lp["pre_ffw_norm"]["scale"][i], "gate": gating[i, 0],
+             "up": gating[i, 1], "linear": linear[i]} for i in range(n)]
+  return {"embedding": cast(params["embedder"]["input_embedding"]),
+          "final_norm": params["final_norm"]["scale"], "layers": layers}
+
+
+def cached_layers(weights, config: GemmaConfig, dtype: Dtype, x, positions, attn_mask,
+                  cache_index, caches):
+  """x [B, T, E] through all decoder layers and the final norm, with a KV cache.
+
+  Same math as Gemma.__call__. weights: from decode_weights; positions [B, T]; caches:
+  per layer (k, v) [B, S, K, Dh]. The T new keys/values are written at cache_index and
+  the queries attend over the whole cache under attn_mask [B, T, S].
+  Returns (x [B, T, E], caches).
+  """
+  c = config
+  b, t = x.shape[:2]
+  h, k_heads, d = c.num_heads, c.num_kv_heads, c.head_dim
+  start = (0, cache_index, 0, 0)
+  new_caches = []
+  # A Python loop (not a scan) so that each layer's weights are used in place.
+  for w, (k_cache, v_cache) in zip(weights["layers"], caches):
+    y = rms_norm(x, w["attn_norm"], c.rms_norm_eps)
+    q = apply_rope(jnp.dot(y, w["q"]).reshape(b, t, h, d), positions, c.rope_theta)
+    kv = jnp.dot(y, w["kv"]).reshape(b, t, 2, k_heads, d)
+    k = apply_rope(kv[:, :, 0], positions, c.rope_theta)
+    k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
+    v_cache = jax.lax.dynamic_update_slice(v_cache, kv[:, :, 1].astype(v_cache.dtype), start)
+    new_caches.append((k_cache, v_cache))
+    out = attend(q, k_cache, v_cache, attn_mask, dtype)
+    x = x + jnp.dot(out.reshape(b, t, h * d), w["o"])
+    y = rms_norm(x, w["ffw_norm"], c.rms_norm_eps)
+    gate = nn.gelu(jnp.dot(y, w["gate"]), approximate=True)
+    x = x + jnp.dot(gate * jnp.dot(y, w["up"]), w["linear"])
+  return rms_norm(x, weights["final_norm"], c.rms_norm_eps), tuple(new_caches)

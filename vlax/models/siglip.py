@@ -123,6 +123,7 @@ class Encoder(nn.Module):
   param_dtype: Dtype = jnp.float32
   remat: bool = False
   remat_policy: str = "nothing_saveable"
+  scan_unroll: int | bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -131,7 +132,7 @@ class Encoder(nn.Module):
       block = nn.remat(block, prevent_cse=False, policy=remat_policy(self.remat_policy))
     stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                     in_axes=nn.broadcast, length=self.config.depth,
-                    metadata_params={nn.PARTITION_NAME: "layers"})
+                    unroll=self.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})
     x, _ = stack(self.config, dtype=self.dtype, param_dtype=self.param_dtype,
                  name="encoderblock")(x, None)
     return _layer_norm(self.config.layer_norm_eps, self.dtype, self.param_dtype,
@@ -146,6 +147,7 @@ class SigLIP(nn.Module):
   param_dtype: Dtype = jnp.float32
   remat: bool = False
   remat_policy: str = "nothing_saveable"
+  scan_unroll: int | bool = True
 
   @nn.compact
   def __call__(self, images):
@@ -165,7 +167,7 @@ class SigLIP(nn.Module):
     pos = self.param("pos_embedding", pos_init, (1, c.num_patches, c.width), self.param_dtype)
     x = x + jnp.asarray(pos, self.dtype)
     x = Encoder(c, self.dtype, self.param_dtype, self.remat, self.remat_policy,
-                name="Transformer")(x)
+                self.scan_unroll, name="Transformer")(x)
     x = nn.Dense(self.out_width, dtype=self.dtype, param_dtype=self.param_dtype,
                  kernel_init=_P(nn.initializers.lecun_normal(), ("vit_embed", "embed")),
                  bias_init=_P(nn.initializers.zeros_init(), ("embed",)), name="head")(x)

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 
 from vlax.errors import VlaxError
 from vlax.models.config import VLAConfig
-from vlax.models.gemma import Gemma
+from vlax.models.gemma import (Gemma, cached_layers, decode_weights, embed_logits,
+                               embed_tokens)
 from vlax.models.siglip import SigLIP
 
 Cache = dict[str, Any]
@@ -45,8 +46,9 @@ class VLA(nn.Module):
   def setup(self):
     c = self.config
     dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-    self.img = SigLIP(c.vision, c.llm.width, dtype, param_dtype, c.remat, c.remat_policy)
-    self.llm = Gemma(c.llm, dtype, param_dtype, c.remat, c.remat_policy)
+    self.img = SigLIP(c.vision, c.llm.width, dtype, param_dtype, c.remat, c.remat_policy,
+                      c.scan_unroll)
+    self.llm = Gemma(c.llm, dtype, param_dtype, c.remat, c.remat_policy, c.scan_unroll)
 
   def _prefix(self, images, image_mask, tokens, input_mask, prefix_mask):
     """Image embeddings, and the validity / prefix flags and positions of the full sequence."""
@@ -64,8 +66,7 @@ class VLA(nn.Module):
     """Logits float32 [B, L, vocab] for the text positions (position i predicts token i+1)."""
     img, valid, prefix, positions = self._prefix(images, image_mask, tokens, input_mask,
                                                  prefix_mask)
-    logits, _ = self.llm(tokens, img, positions, prefix_lm_mask(valid, prefix))
-    return logits
+    return self.llm(tokens, img, positions, prefix_lm_mask(valid, prefix))
 
   def prefill(self, images, image_mask, tokens, input_mask, prefix_mask, cache_size: int):
     """Runs images + prompt once: (logits [B, V] at each example's last valid token, cache).
@@ -74,35 +75,77 @@ class VLA(nn.Module):
     cache_size] (valid keys), 'index': int32 [] (next write slot), 'position': int32 [B]
     (next RoPE position)}. Right padding inside the prompt stays as masked holes.
     """
+    logits, cache = self.prefill_layers(self._decode_weights(), images, image_mask, tokens,
+                                        input_mask, prefix_mask, cache_size)
+    return logits, stack_layers(cache)
+
+  def decode_step(self, tokens, cache: Cache):
+    """Appends one (causal) token per example: tokens int32 [B] -> (logits [B, V], cache).
+
+    Re-lays out the decoder weights on every call: a token loop should build them once
+    (`gemma.decode_weights`) and call `decode_step_layers`, as greedy_decode does.
+    """
+    logits, cache = decode_step_layers(self.config, self._decode_weights(), tokens,
+                                       unstack_layers(cache))
+    return logits, stack_layers(cache)
+
+  def prefill_layers(self, weights, images, image_mask, tokens, input_mask, prefix_mask,
+                     cache_size: int):
+    """VLA.prefill on `gemma.decode_weights`, returning the per-layer cache form.
+
+    (Per-layer cache: 'k' and 'v' are tuples of [B, cache_size, K, Dh] arrays, one per
+    layer, so that a token loop updates each in place; see decode_step_layers.)
+    """
     img, valid, prefix, positions = self._prefix(images, image_mask, tokens, input_mask,
                                                  prefix_mask)
     b, s = valid.shape
     if cache_size < s:
       raise ValueError(f"cache_size {cache_size} is smaller than the prompt sequence {s}")
     g = self.config.llm
-    shape = (g.depth, b, cache_size, g.num_kv_heads, g.head_dim)
     dtype = jnp.dtype(self.config.dtype)
-    kv = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    shape = (b, cache_size, g.num_kv_heads, g.head_dim)
+    caches = tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(g.depth))
     mask = jnp.pad(prefix_lm_mask(valid, prefix), ((0, 0), (0, 0), (0, cache_size - s)))
+    x = jnp.concatenate([img.astype(dtype), embed_tokens(weights["embedding"], tokens, dtype)],
+                        axis=1)
+    x, caches = cached_layers(weights, g, dtype, x, positions, mask, 0, caches)
     last = jnp.max(jnp.where(valid, jnp.arange(s)[None], 0), axis=1)
-    logits, (k, v) = self.llm(tokens, img, positions, mask, kv_cache=kv, cache_index=0,
-                              logits_index=last)
-    cache = {"k": k, "v": v, "mask": jnp.pad(valid, ((0, 0), (0, cache_size - s))),
+    x = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+    cache = {"k": tuple(k for k, _ in caches), "v": tuple(v for _, v in caches),
+             "mask": jnp.pad(valid, ((0, 0), (0, cache_size - s))),
              "index": jnp.asarray(s, jnp.int32),
              "position": jnp.sum(valid, axis=1).astype(jnp.int32)}
-    return logits, cache
+    return embed_logits(weights["embedding"], x, dtype), cache
 
-  def decode_step(self, tokens, cache: Cache):
-    """Appends one (causal) token per example: tokens int32 [B] -> (logits [B, V], cache)."""
-    b = tokens.shape[0]
-    idx = cache["index"]
-    mask = jax.lax.dynamic_update_slice(cache["mask"], jnp.ones((b, 1), bool), (0, idx))
-    positions = cache["position"][:, None]
-    logits, (k, v) = self.llm(tokens[:, None], None, positions, mask[:, None, :],
-                              kv_cache=(cache["k"], cache["v"]), cache_index=idx,
-                              logits_index=jnp.zeros((b,), jnp.int32))
-    return logits, {"k": k, "v": v, "mask": mask, "index": idx + 1,
-                    "position": cache["position"] + 1}
+  def _decode_weights(self):
+    return decode_weights(self.variables["params"]["llm"], self.config.llm,
+                          jnp.dtype(self.config.dtype))
+
+
+def decode_step_layers(config: VLAConfig, weights, tokens, cache: Cache):
+  """VLA.decode_step on `gemma.decode_weights` and a per-layer cache (see prefill_layers)."""
+  b = tokens.shape[0]
+  dtype = jnp.dtype(config.dtype)
+  idx = cache["index"]
+  mask = jax.lax.dynamic_update_slice(cache["mask"], jnp.ones((b, 1), bool), (0, idx))
+  x = embed_tokens(weights["embedding"], tokens[:, None], dtype)
+  x, caches = cached_layers(weights, config.llm, dtype, x, cache["position"][:, None],
+                            mask[:, None, :], idx, tuple(zip(cache["k"], cache["v"])))
+  logits = embed_logits(weights["embedding"], x[:, 0], dtype)
+  return logits, {"k": tuple(k for k, _ in caches), "v": tuple(v for _, v in caches),
+                  "mask": mask, "index": idx + 1, "position": cache["position"] + 1}
+
+
+def unstack_layers(cache: Cache) -> Cache:
+  """Stacked cache (k, v [layers, ...]) -> per-layer form (tuples of [B, S, K, Dh])."""
+  n = cache["k"].shape[0]
+  return dict(cache, k=tuple(cache["k"][i] for i in range(n)),
+              v=tuple(cache["v"][i] for i in range(n)))
+
+
+def stack_layers(cache: Cache) -> Cache:
+  """Per-layer cache -> the stacked form of VLA.prefill / decode_step."""
+  return dict(cache, k=jnp.stack(cache["k"]), v=jnp.stack(cache["v"]))
 
 
 def check_inputs(config: VLAConfig, images, image_mask, tokens, input_mask,
