@@ -16,7 +16,8 @@ def tiny_train_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict({"seed": 0, "batch_size": 8, "num_steps": 3})
   c.model = ml_collections.ConfigDict({"preset": "tiny", "dtype": "float32"})
   c.data = ml_collections.ConfigDict({
-      "toy_episodes": 20, "toy_episode_len": 8, "image_size": 32, "chunk_len": 2,
+      "toy_episodes": 20, "toy_episode_len": 8, "toy_end_at_success": False,  # 8 frames
+      "image_size": 32, "chunk_len": 2,
       "shuffle_buffer": 10, "action_tokenizer": "bins", "num_bins": 256,
       "max_len": 40, "web_sources": ()})
   return c

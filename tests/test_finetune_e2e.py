@@ -6,12 +6,13 @@ offline metrics, and the toy closed-loop success rate is reported.
 
 Robot c (`toy_reach_c`) has a different action dimension (2: dx, dy, no gripper) than a
 (3) and b (4); the fine-tune also changes the chunk length (4 -> 2) and the cameras
-(primary + wrist -> primary only). The visual task (find the named block, step towards
-it) is shared, which is what pretraining transfers.
+(primary + wrist -> primary only). The task (find the named block, step towards it,
+hold there) is shared.
 
-Offline metric asserted: teacher-forced action-token accuracy on c's held-out episodes
-(the eval driver's `token_accuracy`); greedy-decoded L1/MSE and the closed-loop success
-rate of the fine-tuned policy are printed.
+Offline metric asserted on c's held-out episodes (the eval driver's report):
+teacher-forced action-token accuracy. Greedy-decoded L1/MSE are reported, and so are the
+closed-loop rollouts on robot c (fine-tuned, from-scratch, and the zero / random / oracle
+baselines on the same episode seeds): success rate, final and minimum distance.
 
 The workflow runs in a subprocess (one CPU device, no 8-device test mesh) through the
 CLI: `python tests/test_finetune_e2e.py ROOT [SEED]` runs it by hand and prints the
@@ -29,11 +30,15 @@ import pytest
 # Manual runs may change the budget: VLAX_E2E_PRE_STEPS=400 python tests/test_finetune_e2e.py
 PRE_STEPS = int(os.environ.get("VLAX_E2E_PRE_STEPS", 150))
 FT_STEPS = int(os.environ.get("VLAX_E2E_FT_STEPS", 30))
-# Short episodes: the oracle reaches the block in ~3-8 steps and then only waits, so long
-# episodes would be mostly zero actions (a constant predictor would score well).
+# Fixed 6-step episodes: the oracle reaches the block in ~3-8 steps, then holds still
+# with the gripper closed. Measured at this CPU budget, that "arrive, then hold" phase is
+# what pretraining on a + b transfers to c. With episodes that end at success (the debug
+# config's default) this budget teaches too little vision for the fine-tune to beat a
+# from-scratch run: token accuracy 0.37 vs 0.43 (seed 0, 150 + 30 steps) and 0.47 / 0.50
+# vs 0.49 / 0.38 (seeds 0 / 1, 300 + 100 steps).
 EPISODES = 150  # per toy robot; val split = the last 5% (8 episodes)
 EPISODE_LEN = 6
-ROLLOUT_EPISODES = 10
+ROLLOUT_EPISODES = 20
 COMMON = [
     "--config.model.overrides=vision.patch_size=16",  # 16 patches per 64 px camera
     "--config.logging.progress=False",
@@ -66,7 +71,7 @@ def run_workflow(root: str, seed: int = 0) -> dict:
   times = {}
   data_dir = os.path.join(root, "toy_data")
   toy.write_toy_robot_data(data_dir, num_episodes=EPISODES, image_size=64,
-                           episode_len=EPISODE_LEN,
+                           episode_len=EPISODE_LEN, end_at_success=False,
                            datasets=tuple(toy.TOY_DATASETS))
   data = [f"--config.data.data_dir={data_dir}",
           f"--config.data.stats_cache_dir={os.path.join(root, 'stats')}",
@@ -109,17 +114,21 @@ def run_workflow(root: str, seed: int = 0) -> dict:
                                                "l1_robot") if c.get(k) is not None}
   times["eval"] = time.time() - t0 - sum(times.values())
 
-  # 5. Closed loop on the toy robot c (reported, not asserted).
-  policy = _CameraSubset(Policy(ft_ckpt, dataset="toy_reach_c"))
-  roll = rollout(policy, "toy_reach", episodes=ROLLOUT_EPISODES, embodiment="c", seed=seed)
-  oracle = rollout("oracle", "toy_reach", episodes=ROLLOUT_EPISODES, embodiment="c",
-                   seed=seed)
+  # 5. Closed loop on the toy robot c (reported, not asserted), same episode seeds for all.
+  # The untuned checkpoint has no statistics for robot c, so it cannot act there.
+  closed_loop = {}
+  for name, policy in (
+      ("finetuned", _CameraSubset(Policy(ft_ckpt, dataset="toy_reach_c"))),
+      ("scratch", _CameraSubset(Policy(os.path.join(scratch, "checkpoints"),
+                                       dataset="toy_reach_c"))),
+      ("zero", "zero"), ("random", "random"), ("oracle", "oracle")):
+    r = rollout(policy, "toy_reach", episodes=ROLLOUT_EPISODES, embodiment="c", seed=seed)
+    closed_loop[name] = {"success_rate": float(r["success_rate"]),
+                         "mean_final_distance": float(r["mean_final_distance"]),
+                         "mean_min_distance": float(r["mean_min_distance"])}
   times["rollout"] = time.time() - t0 - sum(times.values())
   meta = json.load(open(os.path.join(ft, "config.json")))
-  return {"seed": seed, "offline": results,
-          "success_rate": float(roll["success_rate"]),
-          "oracle_success_rate": float(oracle["success_rate"]),
-          "mean_final_distance": float(roll["mean_final_distance"]),
+  return {"seed": seed, "offline": results, "closed_loop": closed_loop,
           "finetune_init_from": meta["init_from"], "seconds": times,
           "total_seconds": time.time() - t0}
 
@@ -154,17 +163,21 @@ def test_finetune_beats_untuned_and_scratch(tmp_path):
   off = res["offline"]
   print("\noffline toy_reach_c (held-out):",
         json.dumps(off, indent=1, sort_keys=True))
-  print(f"closed-loop success (fine-tuned, toy_reach_c, {ROLLOUT_EPISODES} episodes): "
-        f"{res['success_rate']:.2f} (oracle {res['oracle_success_rate']:.2f}); "
-        f"timings {json.dumps({k: round(v) for k, v in res['seconds'].items()})}")
+  print(f"closed loop on toy_reach_c ({ROLLOUT_EPISODES} episodes):")
+  for name, r in res["closed_loop"].items():
+    print(f"  {name:10s} success {r['success_rate']:.2f}  final distance "
+          f"{r['mean_final_distance']:.3f}  min distance {r['mean_min_distance']:.3f}")
+  print(f"timings {json.dumps({k: round(v) for k, v in res['seconds'].items()})}")
   ft, sc, un = off["finetuned"], off["scratch"], off["untuned"]
-  # The asserted offline metric: teacher-forced action-token accuracy on robot c's
-  # held-out episodes (seeds 0 and 1 measured: 0.60 / 0.47 / 0.48 and 0.49 / 0.40 /
-  # 0.41 for fine-tuned / scratch / untuned). Greedy-decoded L1 is reported only: at
-  # this budget the greedy chunks are often one constant action for all three models.
+  # Measured (fine-tuned / scratch / untuned token accuracy): seed 0 0.597 / 0.472 /
+  # 0.483, seed 1 0.494 / 0.403 / 0.415. Greedy-decoded L1 is reported, not asserted: at
+  # this budget it ties (seed 0: 0.93 / 0.93 / 0.48 normalized), and no policy succeeds
+  # in closed loop yet (0/20 on seeds 0 and 1; random 2-3/20, oracle 20/20).
   assert ft["token_accuracy"] > sc["token_accuracy"] + 0.02, off
   assert ft["token_accuracy"] > un["token_accuracy"] + 0.02, off
-  assert 0.0 <= res["success_rate"] <= 1.0
+  for r in res["closed_loop"].values():
+    assert 0.0 <= r["success_rate"] <= 1.0
+  assert res["closed_loop"]["oracle"]["success_rate"] == 1.0
 
 
 if __name__ == "__main__":

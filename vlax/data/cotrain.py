@@ -326,7 +326,7 @@ def default_data_config():
   c = ml_collections.ConfigDict()
   c.robot_datasets = "toy"  # mixture name, or "name:weight,name:weight", or "" (none)
   c.data_dir = ""  # "" with toy datasets: generated under <workdir>/toy_data
-  c.toy_episodes = 40
+  c.toy_episodes = 200  # per toy robot (~5 frames each: episodes end at success)
   c.toy_episode_len = 20  # step limit of a toy episode
   c.toy_end_at_success = True  # episodes end when the block is reached (no idle frames)
   c.stats_cache_dir = ""  # "" = the robot pipeline's default (<workdir>/cache for toy)
