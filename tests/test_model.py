@@ -9,23 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from _model_utils import model_inputs
 from vlax.errors import VlaxError
 from vlax.models import VLA, VLAConfig, count_params, forward_flops, get_preset, init_params
 from vlax.models.presets import decode_flops
 
 TINY = get_preset("tiny")
-
-
-def _inputs(config, b=2, n=2, l=8, seed=0):
-  r = np.random.RandomState(seed)
-  s = config.vision.image_size
-  return dict(
-      images=jnp.asarray(r.uniform(-1, 1, (b, n, s, s, 3)), jnp.float32),
-      image_mask=jnp.ones((b, n), bool),
-      tokens=jnp.asarray(r.randint(0, config.llm.vocab_size, (b, l)), jnp.int32),
-      input_mask=jnp.ones((b, l), bool),
-      prefix_mask=jnp.asarray(np.arange(l)[None] < l // 2).repeat(b, 0),
-  )
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +75,8 @@ def test_param_tree_matches_big_vision_layout(tiny):
 
 
 def test_every_param_has_logical_axes():
-  boxed = jax.eval_shape(lambda: VLA(TINY).init(jax.random.PRNGKey(0), *_inputs(TINY).values()))
+  boxed = jax.eval_shape(
+      lambda: VLA(TINY).init(jax.random.PRNGKey(0), *model_inputs(TINY).values()))
   specs = _flat(nn.get_partition_spec(boxed["params"]))
   shapes = _flat(nn.unbox(boxed["params"]))
   for name, spec in specs.items():
@@ -100,14 +90,14 @@ def test_every_param_has_logical_axes():
 
 def test_output_shape_and_dtype(tiny):
   _, params, fwd = tiny
-  out = _run(fwd, params, _inputs(TINY, b=3, n=2, l=5))
+  out = _run(fwd, params, model_inputs(TINY, b=3, n=2, l=5))
   assert out.shape == (3, 5, TINY.llm.vocab_size) and out.dtype == np.float32
   assert np.isfinite(out).all()
 
 
 def test_bad_input_shapes_name_the_input(tiny):
   model, params, _ = tiny
-  x = _inputs(TINY)
+  x = model_inputs(TINY)
   with pytest.raises(VlaxError, match="images"):
     model.apply({"params": params}, **dict(x, images=x["images"][:, :, :16]))
   with pytest.raises(VlaxError, match="prefix_mask"):
@@ -116,7 +106,7 @@ def test_bad_input_shapes_name_the_input(tiny):
 
 def test_image_mask_hides_missing_camera(tiny):
   _, params, fwd = tiny
-  x = _inputs(TINY)
+  x = model_inputs(TINY)
   x["image_mask"] = jnp.array([[True, False], [True, True]])
   base = _run(fwd, params, x)
   changed = dict(x, images=x["images"].at[:, 1].set(0.5))
@@ -129,7 +119,7 @@ def test_image_mask_hides_missing_camera(tiny):
 
 def test_missing_camera_and_padding_do_not_shift_positions(tiny):
   _, params, fwd = tiny
-  x = _inputs(TINY, b=1, n=2, l=6)
+  x = model_inputs(TINY, b=1, n=2, l=6)
   x["image_mask"] = jnp.array([[False, True]])
   both = _run(fwd, params, x)
   one = _run(fwd, params, dict(x, images=x["images"][:, 1:], image_mask=x["image_mask"][:, 1:]))
@@ -144,7 +134,7 @@ def test_missing_camera_and_padding_do_not_shift_positions(tiny):
 
 def test_prefix_is_bidirectional_and_suffix_causal(tiny):
   _, params, fwd = tiny
-  x = _inputs(TINY, b=1, l=8)  # prefix = tokens 0..3, causal = 4..7
+  x = model_inputs(TINY, b=1, l=8)  # prefix = tokens 0..3, causal = 4..7
   base = _run(fwd, params, x)
   d = lambda a, b: np.abs(a - b).max(axis=-1)[0]  # per position
   # Changing prefix token 3 changes the logits of earlier prefix token 1.
@@ -163,7 +153,7 @@ def test_prefix_is_bidirectional_and_suffix_causal(tiny):
 def test_bfloat16_compute(tiny):
   _, params, fwd = tiny
   cfg = dataclasses.replace(TINY, dtype="bfloat16")
-  x = _inputs(TINY)
+  x = model_inputs(TINY)
   out = _run(jax.jit(VLA(cfg).apply), params, x)
   ref = _run(fwd, params, x)
   assert out.dtype == np.float32 and np.isfinite(out).all()
@@ -183,7 +173,7 @@ def _loss(model, params, x):
 @pytest.mark.slow
 def test_remat_gives_same_loss_and_grad(tiny, policy="nothing_saveable"):
   model, params, _ = tiny
-  x = _inputs(TINY)
+  x = model_inputs(TINY)
   ref_l, ref_g = jax.jit(jax.value_and_grad(lambda p: _loss(model, p, x)))(params)
   remat = VLA(dataclasses.replace(TINY, remat=True, remat_policy=policy))
   l, g = jax.jit(jax.value_and_grad(lambda p: _loss(remat, p, x)))(params)

@@ -9,23 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from _model_utils import model_inputs
 from vlax.checkpoints import format as ckpt_format
 from vlax.errors import VlaxError
 from vlax.models import VLA, VLAConfig, decoding, get_preset, init_params
 
 TINY = get_preset("tiny")
-
-
-def _inputs(config, b=2, n=2, l=8, seed=0):
-  r = np.random.RandomState(seed)
-  s = config.vision.image_size
-  return dict(
-      images=jnp.asarray(r.uniform(-1, 1, (b, n, s, s, 3)), jnp.float32),
-      image_mask=jnp.asarray([[True, True], [True, False]][:b]),
-      tokens=jnp.asarray(r.randint(0, config.llm.vocab_size, (b, l)), jnp.int32),
-      input_mask=jnp.asarray(np.arange(l)[None] < np.array([l, l - 2][:b])[:, None]),
-      prefix_mask=jnp.asarray(np.arange(l)[None] < l // 2).repeat(b, 0),
-  )
 
 
 def _loss(model, params, x):
@@ -36,7 +25,7 @@ def _loss(model, params, x):
 
 @pytest.mark.parametrize("remat", [False, True])
 def test_unrolled_and_scanned_layers_agree(remat):
-  x = _inputs(TINY)
+  x = model_inputs(TINY, ragged=True)
   rolled = VLA(dataclasses.replace(TINY, scan_unroll=1, remat=remat))
   unrolled = VLA(dataclasses.replace(TINY, scan_unroll=True, remat=remat))
   params = init_params(rolled, jax.random.PRNGKey(0))
@@ -59,7 +48,7 @@ def test_unrolled_and_scanned_layers_agree(remat):
 
 def test_partial_unroll_matches_and_decoding_is_independent_of_it():
   config = dataclasses.replace(TINY, scan_unroll=2)
-  x = _inputs(TINY)
+  x = model_inputs(TINY, ragged=True)
   params = init_params(VLA(TINY), jax.random.PRNGKey(1))
   want = np.asarray(jax.jit(VLA(TINY).apply)({"params": params}, **x))
   got = np.asarray(jax.jit(VLA(config).apply)({"params": params}, **x))
@@ -103,7 +92,8 @@ def test_token_loop_reads_no_stacked_weights():
   cost ~60% of decode time on CPU (a copy per token and layer)."""
   num_steps = 7
   params = init_params(VLA(TINY), jax.random.PRNGKey(0))
-  x = {k: jnp.concatenate([v, v[:1]]) for k, v in _inputs(TINY).items()}  # B=3: no clashes
+  x = {k: jnp.concatenate([v, v[:1]])  # B=3: no clashes
+       for k, v in model_inputs(TINY, ragged=True).items()}
   jaxpr = jax.make_jaxpr(decoding._cached_greedy(TINY, num_steps))(  # pylint: disable=protected-access
       params, *x.values(), None).jaxpr
   loops = [e for e in _eqns(jaxpr)

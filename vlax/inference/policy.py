@@ -178,6 +178,10 @@ class Policy:
 
     self.params = jax.tree.map(to_device, params)
     self.model = VLA(self.config)
+    layers = self.params.get("llm", {}).get("layers", {})
+    self._hold_decode_weights = sum(
+        x.size * x.dtype.itemsize for x in jax.tree.leaves(layers)
+    ) <= self.decode_weights_max_bytes
     self._decode_weights = None
     self.dataset = None
     if dataset is not None:
@@ -362,11 +366,7 @@ class Policy:
   def _prepared_decode_weights(self):
     """`decoding.prepare_weights` built once, if the decoder is small enough to hold twice."""
     from vlax.models.decoding import prepare_weights  # pylint: disable=g-import-not-at-top
-    if self._decode_weights is None:
-      layers = self.params.get("llm", {}).get("layers", {})
-      size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(layers))
-      if size > self.decode_weights_max_bytes:
-        return None
+    if self._decode_weights is None and self._hold_decode_weights:
       self._decode_weights = prepare_weights(self.model, self.params)
     return self._decode_weights
 
