@@ -27,6 +27,8 @@ import time
 
 import pytest
 
+from vlax.experiments import debug
+
 # Manual runs may change the budget: VLAX_E2E_PRE_STEPS=400 python tests/test_finetune_e2e.py
 PRE_STEPS = int(os.environ.get("VLAX_E2E_PRE_STEPS", 150))
 FT_STEPS = int(os.environ.get("VLAX_E2E_FT_STEPS", 30))
@@ -64,15 +66,17 @@ def run_workflow(root: str, seed: int = 0) -> dict:
   """Runs the whole recipe under `root`; returns the measured numbers."""
   from vlax import cli  # pylint: disable=g-import-not-at-top
   from vlax.data.oxe import toy  # pylint: disable=g-import-not-at-top
+  from vlax.data.toy_env import scene_kwargs  # pylint: disable=g-import-not-at-top
   from vlax.evaluation.rollout import rollout  # pylint: disable=g-import-not-at-top
   from vlax.evaluation.run import evaluate_offline  # pylint: disable=g-import-not-at-top
   from vlax.inference.policy import Policy  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   times = {}
   data_dir = os.path.join(root, "toy_data")
+  scene = scene_kwargs(debug.get_config().data)  # the debug config's blocks
   toy.write_toy_robot_data(data_dir, num_episodes=EPISODES, image_size=64,
                            episode_len=EPISODE_LEN, end_at_success=False,
-                           datasets=tuple(toy.TOY_DATASETS))
+                           datasets=tuple(toy.TOY_DATASETS), **scene)
   data = [f"--config.data.data_dir={data_dir}",
           f"--config.data.stats_cache_dir={os.path.join(root, 'stats')}",
           f"--config.seed={seed}"]
@@ -122,7 +126,8 @@ def run_workflow(root: str, seed: int = 0) -> dict:
       ("scratch", _CameraSubset(Policy(os.path.join(scratch, "checkpoints"),
                                        dataset="toy_reach_c"))),
       ("zero", "zero"), ("random", "random"), ("oracle", "oracle")):
-    r = rollout(policy, "toy_reach", episodes=ROLLOUT_EPISODES, embodiment="c", seed=seed)
+    r = rollout(policy, "toy_reach", episodes=ROLLOUT_EPISODES, embodiment="c", seed=seed,
+                env_kwargs=scene)
     closed_loop[name] = {"success_rate": float(r["success_rate"]),
                          "mean_final_distance": float(r["mean_final_distance"]),
                          "mean_min_distance": float(r["mean_min_distance"])}

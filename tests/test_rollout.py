@@ -8,6 +8,7 @@ import pytest
 
 from vlax.data.oxe.toy import TOY_DATASETS
 from vlax.errors import VlaxError
+from vlax.data.toy_env import COLORS
 from vlax.evaluation.rollout import evaluate_rollout, rollout
 
 
@@ -74,6 +75,37 @@ def test_evaluate_rollout_report(tmp_path):
     evaluate_rollout(None, None, env_name="cartpole", policy="oracle", print_fn=None)
   with pytest.raises(VlaxError, match="not found"):
     evaluate_rollout(str(tmp_path / "missing"), None, print_fn=None)
+
+
+class _SceneRecorder:
+  """A policy whose metadata asks for a 1-block scene with big blocks; it records what
+  it sees and stands still."""
+  metadata = {"config": {"data": {"image_size": 32, "toy_num_blocks": 1,
+                                  "toy_block_size": 0.2}}}
+  dataset_keys = ["toy_reach_a"]
+
+  def __init__(self):
+    self.images = []
+
+  def predict_action_batch(self, observations, instructions, dataset=None):
+    del instructions, dataset
+    self.images += [o["image_primary"] for o in observations]
+    return np.zeros((len(observations), 1, 3), np.float32)
+
+
+def test_evaluate_rollout_uses_the_training_scene():
+  """Rollouts draw the blocks the checkpoint's data config generated (count and size)."""
+  policy = _SceneRecorder()
+  report = evaluate_rollout(None, None, policy=policy, episodes=3, baselines=(),
+                            print_fn=None)
+  assert report["metadata"]["num_blocks"] == 1
+  assert report["metadata"]["block_size"] == 0.2
+  for img in policy.images:
+    assert img.shape == (32, 32, 3)
+    colours = {c for c, rgb in COLORS.items() if (img == np.array(rgb, np.uint8)).all(-1).any()}
+    assert len(colours) == 1
+    # A 0.4-wide block on a 2-wide table at 32 px: about 6 x 6 pixels (minus the ring).
+    assert (img == np.array(COLORS[colours.pop()], np.uint8)).all(-1).sum() >= 25
 
 
 @pytest.mark.slow

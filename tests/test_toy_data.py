@@ -1,5 +1,6 @@
 """ToyReachEnv and the toy RLDS datasets of the debug config."""
 
+import json
 import os
 import subprocess
 import sys
@@ -164,3 +165,25 @@ def test_toy_data_is_rewritten_when_its_settings_change(tmp_path):
   assert os.path.getmtime(os.path.join(path, "dataset_info.json")) == mtime
   toy.write_toy_robot_data(str(tmp_path), end_at_success=False, **kw)  # changed: rewritten
   assert lengths() == [12, 12, 12]
+
+
+def test_scene_settings_block_count_size_and_rewrite(tmp_path):
+  env = ToyReachEnv("a", image_size=64, num_blocks=2, block_size=0.2, seed=0)
+  for seed in range(10):
+    env.reset(seed=seed)
+    assert len(env.block_colors) == 2
+    # Big blocks are placed further apart, so they never touch.
+    assert np.linalg.norm(env.block_pos[0] - env.block_pos[1]) > 0.4
+  img = env.render()
+  colour = env.block_colors[env.target]
+  # 0.4 world units of a 2-unit table at 64 px: a ~13 px wide block.
+  assert (img == np.array(COLORS[colour], np.uint8)).all(-1).sum() > 120
+  with pytest.raises(ValueError, match="block_size"):
+    ToyReachEnv("a", block_size=0.5)
+  # The scene is part of the recorded settings: changing it rewrites the data.
+  kw = dict(num_episodes=2, image_size=16, episode_len=4, datasets=("toy_reach_a",))
+  path = toy.write_toy_robot_data(str(tmp_path), **kw)["toy_reach_a"]
+  assert json.load(open(os.path.join(path, toy.SETTINGS_FILE)))["num_blocks"] == 3
+  toy.write_toy_robot_data(str(tmp_path), num_blocks=1, block_size=0.2, **kw)
+  settings = json.load(open(os.path.join(path, toy.SETTINGS_FILE)))
+  assert settings["num_blocks"] == 1 and settings["block_size"] == 0.2

@@ -329,6 +329,8 @@ def default_data_config():
   c.toy_episodes = 200  # per toy robot (~5 frames each: episodes end at success)
   c.toy_episode_len = 20  # step limit of a toy episode
   c.toy_end_at_success = True  # episodes end when the block is reached (no idle frames)
+  c.toy_num_blocks = 3  # blocks on the table (the instruction names one)
+  c.toy_block_size = 0.09  # block half-width in world units ([-1, 1] table)
   c.stats_cache_dir = ""  # "" = the robot pipeline's default (<workdir>/cache for toy)
   c.image_size = 64
   c.cameras = ("primary", "wrist")
@@ -433,9 +435,7 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
                       f"not the built-in toy ones")
     data_dir = os.path.join(workdir, "toy_data" if process_count == 1
                             else f"toy_data_p{process_index}")
-    toy.write_toy_robot_data(data_dir, num_episodes=int(d.toy_episodes),
-                             image_size=image_size, episode_len=int(d.toy_episode_len),
-                             end_at_success=bool(d.toy_end_at_success), datasets=names)
+    toy.write_for_data_config(data_dir, d, names, image_size=image_size)
     stats_cache = stats_cache or os.path.join(workdir, "cache")
 
   cameras = tuple(d.cameras)

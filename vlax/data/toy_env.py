@@ -46,12 +46,15 @@ class ToyReachEnv:
   """reset() -> observation; step(action) -> (observation, reward, done, info)."""
 
   def __init__(self, embodiment: str = "a", *, image_size: int = 64, num_blocks: int = 3,
-               max_steps: int = 20, max_step_size: float = 0.15,
+               block_size: float = 0.09, max_steps: int = 20, max_step_size: float = 0.15,
                grasp_radius: float = 0.1, seed: int = 0):
     if embodiment not in EMBODIMENTS:
       raise ValueError(f"unknown embodiment {embodiment!r}; use one of {list(EMBODIMENTS)}")
     if not 1 <= num_blocks <= len(COLORS):
       raise ValueError(f"num_blocks must be in [1, {len(COLORS)}]")
+    if not 0.02 <= block_size <= 0.25:
+      raise ValueError(f"block_size (half-width, world units) must be in [0.02, 0.25], "
+                       f"got {block_size}")
     self.embodiment = embodiment
     self.action_dim = EMBODIMENTS[embodiment]["action_dim"]
     self.proprio_dim = EMBODIMENTS[embodiment]["proprio_dim"]
@@ -59,6 +62,9 @@ class ToyReachEnv:
     self.has_gripper = EMBODIMENTS[embodiment]["gripper"]
     self.image_size = image_size
     self.num_blocks = num_blocks
+    self.block_size = float(block_size)
+    # Centres at least this far apart: blocks never touch, so targets stay distinguishable.
+    self.min_separation = max(0.35, 2.5 * self.block_size)
     self.max_steps = max_steps
     self.max_step_size = max_step_size
     self.grasp_radius = grasp_radius
@@ -79,11 +85,10 @@ class ToyReachEnv:
     names = list(COLORS)
     self.block_colors = [names[i] for i in
                          self.rng.choice(len(names), self.num_blocks, replace=False)]
-    # Blocks spread out so that targets are distinguishable.
     pos = []
     while len(pos) < self.num_blocks:
       p = self.rng.uniform(-0.75, 0.75, 2)
-      if all(np.linalg.norm(p - q) > 0.35 for q in pos):
+      if all(np.linalg.norm(p - q) > self.min_separation for q in pos):
         pos.append(p)
     self.block_pos = np.array(pos, np.float32)
     self.target = int(self.rng.integers(self.num_blocks))
@@ -139,7 +144,7 @@ class ToyReachEnv:
     wy = cy + self._py * scale
     img = np.empty((self.image_size, self.image_size, 3), np.uint8)
     img[:] = BACKGROUND
-    half = 0.09
+    half = self.block_size
     for color, p in zip(self.block_colors, self.block_pos):
       m = (np.abs(wx - p[0]) < half) & (np.abs(wy - p[1]) < half)
       img[m] = COLORS[color]
@@ -160,6 +165,16 @@ class ToyReachEnv:
     obs["proprio"] = self.proprio()
     obs["instruction"] = self.instruction
     return obs
+
+
+def scene_kwargs(data_config: Any) -> dict[str, Any]:
+  """ToyReachEnv scene arguments of a `config.data` (the same scene in data and rollouts).
+
+  Configs and checkpoint metadata from before these keys existed get the env defaults.
+  """
+  get = data_config.get
+  return {"num_blocks": int(get("toy_num_blocks", None) or 3),
+          "block_size": float(get("toy_block_size", None) or 0.09)}
 
 
 def rollout_oracle(env: ToyReachEnv, seed: int | None = None, *,

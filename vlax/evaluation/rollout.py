@@ -315,17 +315,19 @@ def evaluate_rollout(checkpoint: str | None, out: str | None, env_name: str = "t
   data_cfg = (meta.get("config") or {}).get("data") or {}
   if data_cfg.get("image_size"):
     image_size = int(data_cfg["image_size"])  # the resolution the policy was trained on
+  from vlax.data.toy_env import scene_kwargs  # pylint: disable=g-import-not-at-top
+  scene = scene_kwargs(data_cfg)  # the blocks the policy was trained on
   results: dict[str, dict[str, Any]] = {}
   for name in datasets:
     results[name] = {}
     for p in [policy, *baselines]:
       r = rollout(p, env_name, episodes=episodes, seed=seed, embodiment=embodiment_of(name),
                   dataset=name, execute_steps=execute_steps if not isinstance(p, str) else 1,
-                  max_steps=max_steps, image_size=image_size)
+                  max_steps=max_steps, image_size=image_size, env_kwargs=scene)
       results[name][r["policy"]] = r
   metadata = {"checkpoint": checkpoint, "step": meta.get("step"), "env": env_name,
               "episodes": int(episodes), "seed": int(seed),
-              "execute_steps": int(execute_steps), "max_steps": int(max_steps)}
+              "execute_steps": int(execute_steps), "max_steps": int(max_steps), **scene}
   report = ({"format": REPORT_FORMAT, "results": {n: {p: _summary(r) for p, r in by.items()}
                                                   for n, by in results.items()},
              "metadata": metadata}

@@ -148,10 +148,7 @@ class EvalData:
                       f"are not the built-in toy ones")
     data_dir = os.path.join(workdir, "toy_data")
     # Same generator arguments as training -> the same (deterministic) episodes.
-    toy.write_toy_robot_data(data_dir, num_episodes=int(d.toy_episodes),
-                             image_size=int(d.image_size),
-                             episode_len=int(d.toy_episode_len),
-                             end_at_success=bool(d.toy_end_at_success), datasets=self.names)
+    toy.write_for_data_config(data_dir, d, self.names)
     return data_dir, d.stats_cache_dir or os.path.join(workdir, "cache")
 
   def batches(self, workdir: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:

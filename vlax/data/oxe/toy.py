@@ -94,14 +94,17 @@ def toy_features(embodiment: str, image_size: int):
 
 
 def toy_episodes(embodiment: str, num_episodes: int, *, image_size: int = 64,
-                 episode_len: int = 20, seed: int = 0, end_at_success: bool = False):
+                 episode_len: int = 20, seed: int = 0, end_at_success: bool = False,
+                 num_blocks: int = 3, block_size: float = 0.09):
   """Yields RLDS episodes of the oracle policy in ToyReachEnv (deterministic in seed).
 
   episode_len: the step limit; with `end_at_success` an episode ends at its successful
   step (5 steps on average), otherwise it always has `episode_len` steps.
+  num_blocks, block_size: the scene (see ToyReachEnv).
   """
   from vlax.data.toy_env import ToyReachEnv, rollout_oracle  # pylint: disable=g-import-not-at-top
-  env = ToyReachEnv(embodiment, image_size=image_size, max_steps=episode_len, seed=seed)
+  env = ToyReachEnv(embodiment, image_size=image_size, max_steps=episode_len, seed=seed,
+                    num_blocks=num_blocks, block_size=block_size)
   for i in range(num_episodes):
     steps = rollout_oracle(env, seed=seed * 100_003 + i, end_at_success=end_at_success)
     out = []
@@ -121,7 +124,8 @@ def toy_episodes(embodiment: str, num_episodes: int, *, image_size: int = 64,
 def write_toy_robot_data(data_dir: str, *, num_episodes: int = 100, image_size: int = 64,
                          episode_len: int = 20, seed: int = 0, num_shards: int = 2,
                          datasets: Sequence[str] = ("toy_reach_a", "toy_reach_b"),
-                         end_at_success: bool = False,
+                         end_at_success: bool = False, num_blocks: int = 3,
+                         block_size: float = 0.09,
                          overwrite: bool = False) -> dict[str, str]:
   """Writes the toy RLDS datasets under `data_dir`; returns {name: version dir}.
 
@@ -142,7 +146,8 @@ def write_toy_robot_data(data_dir: str, *, num_episodes: int = 100, image_size: 
     path = os.path.join(str(data_dir), name, VERSION)
     settings = {"num_episodes": int(num_episodes), "image_size": int(image_size),
                 "episode_len": int(episode_len), "seed": int(seed + k),
-                "end_at_success": bool(end_at_success), "num_shards": int(num_shards)}
+                "end_at_success": bool(end_at_success), "num_shards": int(num_shards),
+                "num_blocks": int(num_blocks), "block_size": float(block_size)}
     settings_path = os.path.join(path, SETTINGS_FILE)
     if (not overwrite and os.path.exists(os.path.join(path, "dataset_info.json"))
         and _read_settings(settings_path) in (settings, None)):
@@ -152,7 +157,8 @@ def write_toy_robot_data(data_dir: str, *, num_episodes: int = 100, image_size: 
     out[name] = rlds.write_rlds(
         name, data_dir, toy_features(emb, image_size),
         toy_episodes(emb, num_episodes, image_size=image_size, episode_len=episode_len,
-                     seed=seed + k, end_at_success=end_at_success),
+                     seed=seed + k, end_at_success=end_at_success,
+                     num_blocks=num_blocks, block_size=block_size),
         version=VERSION, num_shards=num_shards,
         description=f"vlax toy reaching data, embodiment {emb}")
     with open(settings_path, "w") as f:
@@ -161,6 +167,20 @@ def write_toy_robot_data(data_dir: str, *, num_episodes: int = 100, image_size: 
 
 
 SETTINGS_FILE = "vlax_toy_settings.json"
+
+
+def write_for_data_config(data_dir: str, data_config: Any, datasets: Sequence[str],
+                          image_size: int | None = None) -> dict[str, str]:
+  """write_toy_robot_data with the `config.data.toy_*` settings (training and eval call
+  this, so both generate the same deterministic episodes)."""
+  from vlax.data.toy_env import scene_kwargs  # pylint: disable=g-import-not-at-top
+  d = data_config
+  return write_toy_robot_data(
+      data_dir, num_episodes=int(d.get("toy_episodes")),
+      image_size=int(image_size or d.get("image_size")),
+      episode_len=int(d.get("toy_episode_len")),
+      end_at_success=bool(d.get("toy_end_at_success")), datasets=tuple(datasets),
+      **scene_kwargs(d))
 
 
 def _read_settings(path: str) -> dict[str, Any] | None:
