@@ -62,3 +62,21 @@ def test_run_all_records_missing_benchmark(tmp_path, monkeypatch):
   assert code == 1
   assert "no_such_script.py" in res["results"]["data"]["error"]
   assert res["ratios"]["data_vs_decode_ceiling"] is None
+
+
+def test_toy_vision_probe_writes_curves(tmp_path):
+  """The learning-speed probe behind the README's toy closed-loop note runs and reports
+  one accuracy curve per (model, block size), plus its plot."""
+  out = tmp_path / "probe.json"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", "toy_vision_probe.py"),
+       "--steps", "20", "--every", "10", "--block-sizes", "0.2", "--json", str(out)],
+      capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  res = json.loads(out.read_text())
+  assert [(r["model"], r["block_size"]) for r in res["runs"]] == [("cnn", 0.2), ("vla", 0.2)]
+  for r in res["runs"]:
+    assert [s for s, _ in r["curve"]] == [10, 20]
+    assert all(0.0 <= a <= 1.0 for _, a in r["curve"])
+  assert set(res["steps_to_90"]) == {"cnn@0.2", "vla@0.2"}
+  assert (tmp_path / "probe.png").stat().st_size > 0
