@@ -116,6 +116,34 @@ def run_workflow(root: str, seed: int = 0) -> dict:
           "total_seconds": time.time() - t0}
 
 
+def test_finetune_changes_action_dim_chunk_and_cameras(tmp_path):
+  """The recipe's plumbing at the tiny size: a checkpoint trained on robots a + b (3-/4-D
+  actions, chunks of 4, primary + wrist) fine-tunes on robot c with 2-D actions, chunks of
+  2 and the primary camera only; the fine-tuned Policy emits c's chunks."""
+  from vlax import cli  # pylint: disable=g-import-not-at-top
+  from vlax.inference.policy import Policy  # pylint: disable=g-import-not-at-top
+  from vlax.data.toy_env import ToyReachEnv  # pylint: disable=g-import-not-at-top
+  tiny = ["--config.model.preset=tiny", "--config.data.image_size=32",
+          "--config.data.toy_episodes=6", "--config.batch_size=8", "--config.num_steps=2",
+          "--config.data.shuffle_buffer=16", *QUIET]
+  pre = str(tmp_path / "pre")
+  assert cli.main(["train", "--workdir", pre, *tiny]) == 0
+  ft = str(tmp_path / "ft")
+  config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "experiments", "finetune_new_robot.py")
+  assert cli.main(["train", "--config", config, "--workdir", ft,
+                   *tiny, f"--config.init_from={pre}/checkpoints",
+                   "--config.data.chunk_len=2", "--config.data.cameras=('primary',)"]) == 0
+  meta = json.load(open(os.path.join(ft, "config.json")))
+  assert meta["init_from"].startswith(pre)
+  policy = Policy(os.path.join(ft, "checkpoints"), dataset="toy_reach_c")
+  assert tuple(policy.cameras) == ("primary",)
+  obs = ToyReachEnv("c", image_size=32, num_blocks=1, block_size=0.2).reset(seed=0)
+  action = policy.predict_action({"image_primary": obs["image_primary"],
+                                  "proprio": obs["proprio"]}, obs["instruction"])
+  assert action.shape == (2, 2)  # chunk 2 of [dx, dy]
+
+
 @pytest.mark.slow
 def test_finetune_beats_untuned_and_scratch(tmp_path):
   env = dict(os.environ)
