@@ -6,6 +6,8 @@ which the debug pretraining (toy_reach_a + toy_reach_b) never saw. `init_from` i
 required: a vlax checkpoint (ROOT or ROOT/<step>), a `vlax export` bundle, or imported
 PaliGemma weights (`vlax import-paligemma`); its params must match the configured model
 (same preset/overrides and the same tokenizer settings, hence the same vocabulary).
+The debug model has 16-pixel patches (`model.overrides`); for imported PaliGemma weights
+set `--config.model.preset=paligemma_3b --config.model.overrides=''`.
 Everything data-side is this run's: the new dataset's normalization statistics are
 computed (and cached) by the pipeline, the action tokenizer is (re)fitted on it, and the
 action dimension, chunk length and cameras may differ from pretraining.
