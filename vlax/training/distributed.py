@@ -61,10 +61,8 @@ def initialize(coordinator_address: str | None = None,
   Idempotent; a no-op for a single process without TPU discovery.
   """
   global _INITIALIZED
-  if _INITIALIZED:
-    return
   explicit = [coordinator_address, num_processes, process_id]
-  if any(v is not None for v in explicit):
+  if any(v is not None for v in explicit):  # bad flags fail even after an earlier start
     if coordinator_address is None or num_processes is None or process_id is None:
       raise VlaxError(
           "multi-host flags: give all of --coordinator_address, --num_processes and "
@@ -73,6 +71,9 @@ def initialize(coordinator_address: str | None = None,
     if num_processes < 1 or not 0 <= process_id < num_processes:
       raise VlaxError(f"multi-host flags: process_id={process_id} is not in "
                       f"[0, num_processes={num_processes})")
+  if _INITIALIZED:
+    return
+  if any(v is not None for v in explicit):
     if num_processes == 1:
       _INITIALIZED = True
       return
