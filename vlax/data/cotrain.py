@@ -323,14 +323,15 @@ def make_train_iterator(*, builder: SequenceBuilder, global_batch_size: int,
 def default_data_config():
   """Every `config.data` key `make_data_iterator` reads, with defaults (debug-sized)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
+  from vlax.data import toy_env  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict()
   c.robot_datasets = "toy"  # mixture name, or "name:weight,name:weight", or "" (none)
   c.data_dir = ""  # "" with toy datasets: generated under <workdir>/toy_data
   c.toy_episodes = 200  # per toy robot (~5 frames each: episodes end at success)
   c.toy_episode_len = 20  # step limit of a toy episode
   c.toy_end_at_success = True  # episodes end when the block is reached (no idle frames)
-  c.toy_num_blocks = 3  # blocks on the table (the instruction names one)
-  c.toy_block_size = 0.09  # block half-width in world units ([-1, 1] table)
+  c.toy_num_blocks = toy_env.NUM_BLOCKS  # blocks on the table (the instruction names one)
+  c.toy_block_size = toy_env.BLOCK_SIZE  # block half-width in world units ([-1, 1] table)
   c.stats_cache_dir = ""  # "" = the robot pipeline's default (<workdir>/cache for toy)
   c.image_size = 64
   c.cameras = ("primary", "wrist")

@@ -40,13 +40,17 @@ EMBODIMENTS = {
           "gripper": False},
 }
 BACKGROUND = (90, 90, 90)
+# The default scene (and `config.data.toy_num_blocks` / `toy_block_size` defaults).
+NUM_BLOCKS = 3
+BLOCK_SIZE = 0.09  # half-width in world units ([-1, 1] table)
 
 
 class ToyReachEnv:
   """reset() -> observation; step(action) -> (observation, reward, done, info)."""
 
-  def __init__(self, embodiment: str = "a", *, image_size: int = 64, num_blocks: int = 3,
-               block_size: float = 0.09, max_steps: int = 20, max_step_size: float = 0.15,
+  def __init__(self, embodiment: str = "a", *, image_size: int = 64,
+               num_blocks: int = NUM_BLOCKS, block_size: float = BLOCK_SIZE,
+               max_steps: int = 20, max_step_size: float = 0.15,
                grasp_radius: float = 0.1, seed: int = 0):
     if embodiment not in EMBODIMENTS:
       raise ValueError(f"unknown embodiment {embodiment!r}; use one of {list(EMBODIMENTS)}")
@@ -86,10 +90,15 @@ class ToyReachEnv:
     self.block_colors = [names[i] for i in
                          self.rng.choice(len(names), self.num_blocks, replace=False)]
     pos = []
-    while len(pos) < self.num_blocks:
+    for _ in range(10_000):  # rejection sampling; big blocks may not all fit
+      if len(pos) == self.num_blocks:
+        break
       p = self.rng.uniform(-0.75, 0.75, 2)
       if all(np.linalg.norm(p - q) > self.min_separation for q in pos):
         pos.append(p)
+    if len(pos) < self.num_blocks:
+      raise ValueError(f"could not place {self.num_blocks} blocks of block_size "
+                       f"{self.block_size} apart on the table; use fewer or smaller blocks")
     self.block_pos = np.array(pos, np.float32)
     self.target = int(self.rng.integers(self.num_blocks))
     self.instruction = f"move to the {self.block_colors[self.target]} block"
@@ -173,8 +182,8 @@ def scene_kwargs(data_config: Any) -> dict[str, Any]:
   Configs and checkpoint metadata from before these keys existed get the env defaults.
   """
   get = data_config.get
-  return {"num_blocks": int(get("toy_num_blocks", None) or 3),
-          "block_size": float(get("toy_block_size", None) or 0.09)}
+  return {"num_blocks": int(get("toy_num_blocks", None) or NUM_BLOCKS),
+          "block_size": float(get("toy_block_size", None) or BLOCK_SIZE)}
 
 
 def rollout_oracle(env: ToyReachEnv, seed: int | None = None, *,

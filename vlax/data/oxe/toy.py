@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vlax.data import toy_env
 from vlax.data.oxe.registry import ActionEncoding, DatasetSpec, register, _REGISTRY
 
 VERSION = "1.0.0"
@@ -95,7 +96,8 @@ def toy_features(embodiment: str, image_size: int):
 
 def toy_episodes(embodiment: str, num_episodes: int, *, image_size: int = 64,
                  episode_len: int = 20, seed: int = 0, end_at_success: bool = False,
-                 num_blocks: int = 3, block_size: float = 0.09):
+                 num_blocks: int = toy_env.NUM_BLOCKS,
+                 block_size: float = toy_env.BLOCK_SIZE):
   """Yields RLDS episodes of the oracle policy in ToyReachEnv (deterministic in seed).
 
   episode_len: the step limit; with `end_at_success` an episode ends at its successful
@@ -124,8 +126,9 @@ def toy_episodes(embodiment: str, num_episodes: int, *, image_size: int = 64,
 def write_toy_robot_data(data_dir: str, *, num_episodes: int = 100, image_size: int = 64,
                          episode_len: int = 20, seed: int = 0, num_shards: int = 2,
                          datasets: Sequence[str] = ("toy_reach_a", "toy_reach_b"),
-                         end_at_success: bool = False, num_blocks: int = 3,
-                         block_size: float = 0.09,
+                         end_at_success: bool = False,
+                         num_blocks: int = toy_env.NUM_BLOCKS,
+                         block_size: float = toy_env.BLOCK_SIZE,
                          overwrite: bool = False) -> dict[str, str]:
   """Writes the toy RLDS datasets under `data_dir`; returns {name: version dir}.
 
@@ -173,14 +176,13 @@ def write_for_data_config(data_dir: str, data_config: Any, datasets: Sequence[st
                           image_size: int | None = None) -> dict[str, str]:
   """write_toy_robot_data with the `config.data.toy_*` settings (training and eval call
   this, so both generate the same deterministic episodes)."""
-  from vlax.data.toy_env import scene_kwargs  # pylint: disable=g-import-not-at-top
   d = data_config
   return write_toy_robot_data(
       data_dir, num_episodes=int(d.get("toy_episodes")),
       image_size=int(image_size or d.get("image_size")),
       episode_len=int(d.get("toy_episode_len")),
       end_at_success=bool(d.get("toy_end_at_success")), datasets=tuple(datasets),
-      **scene_kwargs(d))
+      **toy_env.scene_kwargs(d))
 
 
 def _read_settings(path: str) -> dict[str, Any] | None:
