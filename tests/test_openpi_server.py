@@ -224,3 +224,15 @@ def test_cli_serves_an_export_bundle(tmp_path):
   finally:
     proc.terminate()
     proc.wait(timeout=30)
+
+
+def test_cli_argument_errors(tmp_path, capsys):
+  from vlax import cli  # pylint: disable=g-import-not-at-top
+  for args, msg in [(["--protocol", "openpi", "--port", "99999"], "--port must be in"),
+                    (["--protocol", "openpi", "--idle-timeout", "0"], "must be > 0"),
+                    (["--protocol", "openpi", "--key-map", str(tmp_path / "no.json")],
+                     "key map file"),
+                    (["--key-map", "k.json"], "--key-map is for --protocol openpi")]:
+    assert cli.main(["serve", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and len(err.strip().splitlines()) == 1, err

@@ -269,6 +269,11 @@ def serve_openpi(checkpoint: str, host: str = "127.0.0.1", port: int = 8000,
                  idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
   """Loads the policy and serves openpi's protocol until interrupted (Ctrl-C)."""
   from vlax.inference.policy import Policy  # pylint: disable=g-import-not-at-top
+  if not 0 <= int(port) <= 65535:
+    raise VlaxError(f"--port must be in 0..65535, got {port}")
+  if not max_message_bytes > 0 or not idle_timeout_s > 0:
+    raise VlaxError(f"--max-message-mb and --idle-timeout must be > 0, got "
+                    f"{max_message_bytes / (1 << 20):g} MiB and {idle_timeout_s:g} s")
   if key_map_path and not os.path.exists(key_map_path):
     raise VlaxError(f"key map file {key_map_path} does not exist")
   policy = Policy(checkpoint, step, dataset)
