@@ -244,7 +244,11 @@ class LeRobotReader:
         video = self._video(path)
         frames = [video.at(start + float(ts)) for ts in rows["timestamp"]]
       images[camera_name(key)] = np.stack(frames)
-    language = [self.tasks.get(int(i), "") for i in rows["task_index"]]
+    unknown = sorted({int(i) for i in rows["task_index"]} - set(self.tasks))
+    if unknown:
+      raise VlaxError(f"{ep['data']}: episode {ep['episode_index']} uses task_index "
+                      f"{unknown}, not in the dataset's tasks metadata")
+    language = [self.tasks[int(i)] for i in rows["task_index"]]
     return {"images": images, "state": state, "action": action, "language": language}
 
   def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -309,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                  help="how frames are stored in RLDS (png: lossless after the video codec)")
   p.add_argument("--num_shards", type=int, default=1)
   args = p.parse_args(argv)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO lines (before TF loads)
   try:
     path, template = convert_lerobot(args.input, args.name, args.data_dir,
                                      version=args.version,
