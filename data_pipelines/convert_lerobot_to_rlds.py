@@ -313,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
                  help="how frames are stored in RLDS (png: lossless after the video codec)")
   p.add_argument("--num_shards", type=int, default=1)
   args = p.parse_args(argv)
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO lines (before TF loads)
+  # TensorFlow's C++ INFO/oneDNN lines stay out of the terminal (set before TF loads).
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   try:
     path, template = convert_lerobot(args.input, args.name, args.data_dir,
                                      version=args.version,
