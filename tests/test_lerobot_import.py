@@ -70,6 +70,12 @@ def _video_frame(g):
   return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def _image_frame(rng):
+  """Random 16 x 16 blocks of colour (JPEG-friendly, different in every frame)."""
+  blocks = rng.integers(0, 256, (IMAGE_HW[0] // 16, IMAGE_HW[1] // 16, 3), dtype=np.uint8)
+  return np.kron(blocks, np.ones((16, 16, 1), np.uint8))
+
+
 def make_episodes(seed=0):
   rng = np.random.default_rng(seed)
   episodes, g = [], 0
@@ -77,7 +83,7 @@ def make_episodes(seed=0):
     gripper = (rng.random((t, 1)) > 0.5).astype(np.float32)
     episodes.append({
         "front": np.stack([_video_frame(g + i) for i in range(t)]),
-        "wrist": rng.integers(0, 256, (t,) + IMAGE_HW + (3,), dtype=np.uint8),
+        "wrist": np.stack([_image_frame(rng) for _ in range(t)]),
         "state": rng.normal(size=(t, 3)).astype(np.float32),
         "action": np.concatenate([rng.normal(size=(t, 3)), gripper], 1).astype(np.float32),
         "task": TASKS[e % 2]})
@@ -177,20 +183,25 @@ def read_rlds(path):
   return [steps for _, steps in sorted(episodes, key=lambda e: e[0])]
 
 
-def check_converted(path, episodes):
-  """Actions, states, language and episode boundaries exact; images within codec error."""
+def check_converted(path, episodes, png=True):
+  """Actions, states, language and episode boundaries exact; images within codec error
+  (the PNG image camera exact when stored as PNG)."""
   got = read_rlds(path)
   assert len(got) == len(episodes)
   for steps, ep in zip(got, episodes):
     np.testing.assert_array_equal(steps["action"], ep["action"])
     np.testing.assert_array_equal(steps["observation"]["state"], ep["state"])
-    np.testing.assert_array_equal(steps["observation"]["image_wrist"], ep["wrist"])  # PNG
+    wrist = steps["observation"]["image_wrist"]
+    if png:
+      np.testing.assert_array_equal(wrist, ep["wrist"])
+    else:  # JPEG quality 95
+      assert np.abs(wrist.astype(np.float32) - ep["wrist"]).mean() < 4.0
     assert [s.decode() for s in steps["language_instruction"]] == [ep["task"]] * len(ep["action"])
     assert steps["is_first"].tolist() == [True] + [False] * (len(ep["action"]) - 1)
     assert steps["is_last"].tolist() == [False] * (len(ep["action"]) - 1) + [True]
     front = steps["observation"]["image_front"].astype(np.float32)
     err = np.abs(front - ep["front"]).mean(axis=(1, 2, 3))
-    assert err.max() < 3.0, err  # AV1 at LeRobot's settings on smooth frames
+    assert err.max() < (3.0 if png else 4.0), err  # AV1 (LeRobot's settings), smooth frames
     # Each decoded frame is its own source frame, not a neighbour (the right timestamp).
     for i in range(len(front)):
       for j in (i - 1, i + 1):
@@ -218,7 +229,8 @@ def test_v30_from_lerobot_trains_and_evaluates(v30, tmp_path, capsys):
   with open(os.path.join(root, "meta", "info.json")) as f:
     assert json.load(f)["codebase_version"] == "v3.0"
   data_dir = str(tmp_path / "rlds")
-  assert lr.main(["--input", root, "--name", "lerobot_v30_test", "--data_dir", data_dir]) == 0
+  assert lr.main(["--input", root, "--name", "lerobot_v30_test", "--data_dir", data_dir,
+                  "--image_encoding", "png"]) == 0
   template = capsys.readouterr().out
   assert "image_keys={'primary': 'image_front', 'wrist': 'image_wrist'}" in template
   assert "action_normalization_mask=(True, True, True, False)" in template  # named gripper
@@ -249,7 +261,7 @@ def test_v21_layout_converts(v21, tmp_path):
   root, episodes = v21
   path, template = lr.convert_lerobot(root, "lerobot_v21_test", str(tmp_path / "rlds"))
   assert "LeRobot v2.1 at 10 fps" in template
-  check_converted(path, episodes)
+  check_converted(path, episodes, png=False)  # the default: JPEG
 
 
 def test_bad_inputs_one_line_errors(v21, tmp_path, capsys):
