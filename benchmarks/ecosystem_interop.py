@@ -7,7 +7,8 @@ server's round trip on loopback.
 Converter: a LeRobot v3.0 dataset (without --input, one written here by the
 `lerobot-dataset` package: two AV1 video cameras of SIZE x SIZE, 7-D state and action,
 EPISODES x FRAMES frames) is read with video decode only (`LeRobotReader`, frames/s), then
-converted end to end (decode + PNG encode + TFDS write, frames/s).
+converted end to end (decode + JPEG or PNG encode + TFDS write, frames/s; TensorFlow's
+import, once per run, is reported apart).
 Server: the debug-preset random policy of inference_latency.py (one camera) behind
 `OpenPIPolicyServer` on 127.0.0.1, driven by openpi's `WebsocketClientPolicy` with a
 LIBERO-style observation (two 224x224 uint8 images, 8-D state, prompt); round-trip p50/p99
@@ -89,16 +90,22 @@ def bench_converter(root: str) -> dict[str, Any]:
   for _ in reader:
     pass
   read_s = time.perf_counter() - t0
-  out = tempfile.mkdtemp(prefix="vlax_interop_rlds_")
-  try:
-    t0 = time.perf_counter()
-    lr.convert_lerobot(root, "interop_bench", out)
-    convert_s = time.perf_counter() - t0
-  finally:
-    shutil.rmtree(out, ignore_errors=True)
-  return {"frames": n, "cameras": cams, "codec": "av1",
-          "read_decode_s": read_s, "read_decode_frames_per_s": n / read_s,
-          "convert_s": convert_s, "convert_frames_per_s": n / convert_s}
+  t0 = time.perf_counter()
+  from vlax.data import rlds  # pylint: disable=g-import-not-at-top,unused-import
+  result = {"frames": n, "cameras": cams, "codec": "av1",
+            "read_decode_s": read_s, "read_decode_frames_per_s": n / read_s,
+            "tensorflow_import_s": time.perf_counter() - t0}  # once per conversion, not timed below
+  for encoding in ("jpeg", "png"):
+    out = tempfile.mkdtemp(prefix="vlax_interop_rlds_")
+    try:
+      t0 = time.perf_counter()
+      lr.convert_lerobot(root, "interop_bench", out, image_encoding=encoding)
+      convert_s = time.perf_counter() - t0
+    finally:
+      shutil.rmtree(out, ignore_errors=True)
+    result[f"convert_{encoding}_s"] = convert_s
+    result[f"convert_{encoding}_frames_per_s"] = n / convert_s
+  return result
 
 
 class _NoOpPolicy:
