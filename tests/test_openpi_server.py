@@ -63,14 +63,15 @@ def _expected(policy, obs):
 
 def _raw_request(port, payload):
   """Sends one frame with a bare websocket client; returns (reply, close code)."""
+  reply = None
   with ws_client.connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None) as ws:
     msgpack_arrays.unpackb(ws.recv(timeout=30))  # metadata
     try:
       ws.send(payload)
       reply = ws.recv(timeout=60)
-      ws.recv(timeout=30)
+      ws.recv(timeout=30)  # the server closes after an error frame
     except ws_exceptions.ConnectionClosed as e:
-      return (reply if "reply" in locals() else None), e.rcvd.code if e.rcvd else None
+      return reply, e.rcvd.code if e.rcvd else None
   return reply, None
 
 
