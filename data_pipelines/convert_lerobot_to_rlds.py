@@ -114,18 +114,24 @@ def read_episodes(root: str, info: dict[str, Any]) -> tuple[list[dict[str, Any]]
   episodes = []
   for path in files:
     for ep in pq.read_table(path).to_pylist():
-      fmt = {"chunk_index": ep["data/chunk_index"], "file_index": ep["data/file_index"]}
-      videos = {}
-      for k in video_keys:
-        vfmt = {"chunk_index": ep[f"videos/{k}/chunk_index"],
-                "file_index": ep[f"videos/{k}/file_index"]}
-        videos[k] = (os.path.join(root, info["video_path"].format(video_key=k, **vfmt)),
-                     float(ep[f"videos/{k}/from_timestamp"]))
-      episodes.append({"episode_index": int(ep["episode_index"]),
-                       "length": int(ep["length"]),
-                       "data": os.path.join(root, info["data_path"].format(**fmt)),
-                       "videos": videos})
+      try:
+        episodes.append(_v30_episode(root, info, ep, video_keys))
+      except KeyError as e:
+        raise VlaxError(f"{path}: episode metadata lacks column {e}") from None
   return sorted(episodes, key=lambda e: e["episode_index"]), tasks
+
+
+def _v30_episode(root: str, info: dict[str, Any], ep: dict[str, Any],
+                 video_keys: list[str]) -> dict[str, Any]:
+  fmt = {"chunk_index": ep["data/chunk_index"], "file_index": ep["data/file_index"]}
+  videos = {}
+  for k in video_keys:
+    vfmt = {"chunk_index": ep[f"videos/{k}/chunk_index"],
+            "file_index": ep[f"videos/{k}/file_index"]}
+    videos[k] = (os.path.join(root, info["video_path"].format(video_key=k, **vfmt)),
+                 float(ep[f"videos/{k}/from_timestamp"]))
+  return {"episode_index": int(ep["episode_index"]), "length": int(ep["length"]),
+          "data": os.path.join(root, info["data_path"].format(**fmt)), "videos": videos}
 
 
 class VideoFrames:
@@ -206,7 +212,11 @@ class LeRobotReader:
     self.image_encoding = image_encoding
     self.info = read_info(root)
     self.fps = float(self.info["fps"])
-    self.episodes, self.tasks = read_episodes(root, self.info)
+    try:
+      self.episodes, self.tasks = read_episodes(root, self.info)
+    except (KeyError, ValueError, TypeError) as e:  # a field missing or of the wrong type
+      raise VlaxError(f"{root}: malformed LeRobot metadata ({type(e).__name__}: {e})"
+                      ) from None
     if not self.episodes:
       raise VlaxError(f"{root}: the LeRobot dataset has no episodes")
     feats = self.info["features"]
