@@ -39,6 +39,7 @@ from vlax.errors import VlaxError  # pylint: disable=wrong-import-position
 
 SUPPORTED_VERSIONS = ("v2.1", "v3.0")
 STATE_KEY, ACTION_KEY = "observation.state", "action"
+SEEK_AHEAD_S = 2.0  # a video read jumps (seeks) rather than decode further ahead than this
 
 
 def camera_name(key: str) -> str:
@@ -153,12 +154,17 @@ class VideoFrames:
   def _time(self, frame) -> float:
     return float(frame.pts * self._stream.time_base)
 
+  def _seek(self, t: float) -> None:
+    """Restarts decoding at the keyframe at or before t - 1 s."""
+    self._container.seek(int(max(t - 1.0, 0.0) / self._stream.time_base), backward=True,
+                         stream=self._stream)
+    self._frames = self._container.decode(self._stream)
+    self._cur = None
+
   def at(self, t: float) -> np.ndarray:
-    if self._cur is not None and self._cur[0] > t + self.tolerance_s:  # backwards: seek
-      self._container.seek(int(max(t - 1.0, 0.0) / self._stream.time_base), backward=True,
-                           stream=self._stream)
-      self._frames = self._container.decode(self._stream)
-      self._cur = None
+    now = self._cur[0] if self._cur is not None else 0.0
+    if now > t + self.tolerance_s or t - now > SEEK_AHEAD_S:  # backwards, or far ahead
+      self._seek(t)
     while self._cur is None or self._cur[0] < t - self.tolerance_s:
       try:
         frame = next(self._frames)
@@ -249,12 +255,13 @@ class LeRobotReader:
                       f"its metadata says {ep['length']}")
     return rows
 
-  def _video(self, path: str) -> VideoFrames:
-    if path not in self._videos:
-      for old in self._videos.values():  # episodes go file by file: one open at a time
-        old.close()
-      self._videos = {path: VideoFrames(path, 0.5 / self.fps)}
-    return self._videos[path]
+  def _video(self, key: str, path: str) -> VideoFrames:
+    """The open reader of camera `key` (v3.0: one file holds many episodes, read on)."""
+    if key not in self._videos or self._videos[key].path != path:
+      if key in self._videos:
+        self._videos[key].close()
+      self._videos[key] = VideoFrames(path, 0.5 / self.fps)
+    return self._videos[key]
 
   def episode(self, ep: dict[str, Any]) -> dict[str, Any]:
     rows = self._rows(ep)
@@ -268,7 +275,7 @@ class LeRobotReader:
         frames = [_image_cell(c, self.root, key) for c in rows[key]]
       else:
         path, start = ep["videos"][key]
-        video = self._video(path)
+        video = self._video(key, path)
         frames = [video.at(start + float(ts)) for ts in rows["timestamp"]]
       if self.image_encoding:
         images[camera_name(key)] = [encode_frame(f, self.image_encoding) for f in frames]

@@ -264,6 +264,22 @@ def test_v21_layout_converts(v21, tmp_path):
   check_converted(path, episodes, png=False)  # the default: JPEG
 
 
+def test_video_frames_in_any_order(tmp_path):
+  """Backwards and far-ahead requests (seeks) give the same frames as a straight decode."""
+  frames = np.stack([_video_frame(g) for g in range(60)])  # 6 s at 10 fps
+  path = str(tmp_path / "v.mp4")
+  _write_mp4(path, frames)
+  with av.open(path) as c:
+    straight = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+  reader = lr.VideoFrames(path, 0.5 / FPS)
+  order = [0, 1, 45, 46, 10, 59, 3, 30, 29]
+  for i in order:
+    np.testing.assert_array_equal(reader.at(i / FPS), straight[i])
+  with pytest.raises(lr.VlaxError, match="no frame at 6.5"):
+    reader.at(6.5)
+  reader.close()
+
+
 def test_bad_inputs_one_line_errors(v21, tmp_path, capsys):
   root, _ = v21
   (tmp_path / "not_lerobot").mkdir()
