@@ -132,7 +132,9 @@ def test_bad_requests_get_error_frame_and_server_keeps_serving(served):
                        (msgpack.packb(dict(good, **{"observation/state": bad_array}),
                                       default=msgpack_arrays._encode), "needs 8 bytes"),
                        (msgpack.packb({"x": {"__ndarray__": True, "data": b"", "dtype": "|O",
-                                             "shape": [0]}}), "not allowed")]:
+                                             "shape": [0]}}), "not allowed"),
+                       (msgpack.packb({"x": {"__ndarray__": True, "data": b"", "dtype": "<f4",
+                                             "shape": [-1, 0]}}), "non-negative")]:
     reply, code = _raw_request(port, payload)
     assert isinstance(reply, str) and msg in reply, reply
     assert code == 1011
