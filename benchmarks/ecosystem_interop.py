@@ -76,7 +76,7 @@ def write_lerobot(root: str, episodes: int, frames: int, size: int) -> float:
                     "observation.images.wrist_image": (255 - a).astype(np.uint8),
                     "observation.state": rng.normal(size=7).astype(np.float32),
                     "action": rng.normal(size=7).astype(np.float32), "task": "pick up"})
-    ds.save_episode()
+    ds.save_episode(parallel_encoding=False)  # no fork of a process running JAX
   ds.finalize()
   return time.perf_counter() - t0
 

@@ -118,7 +118,7 @@ def write_v30(root, episodes):
                          "observation.images.wrist": ep["wrist"][i],
                          "observation.state": ep["state"][i], "action": ep["action"][i],
                          "task": ep["task"]})
-    dataset.save_episode()
+    dataset.save_episode(parallel_encoding=False)  # no fork of a process running JAX
   dataset.finalize()
   return str(root)
 
