@@ -112,6 +112,16 @@ def _cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
 
 def _cmd_serve(args: argparse.Namespace, overrides: list[str]) -> None:
   del overrides
+  if args.protocol == "openpi":
+    from vlax.inference.openpi_server import serve_openpi
+    serve_openpi(args.checkpoint, host=args.host, port=args.port, step=args.step,
+                 dataset=args.dataset, key_map_path=args.key_map,
+                 warmup=not args.no_warmup,
+                 max_message_bytes=int(args.max_message_mb * (1 << 20)),
+                 idle_timeout_s=args.idle_timeout)
+    return
+  if args.key_map:
+    raise VlaxError("--key-map is for --protocol openpi")
   from vlax.inference.server import serve
   serve(args.checkpoint, host=args.host, port=args.port, step=args.step,
         dataset=args.dataset, warmup=not args.no_warmup)
@@ -176,13 +186,23 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--keep-lora", action="store_true", help="do not merge LoRA adapters")
   p.set_defaults(fn=_cmd_export)
 
-  p = sub.add_parser("serve", help="serve a policy over HTTP (JSON; localhost by default)")
+  p = sub.add_parser("serve", help="serve a policy over HTTP (JSON) or openpi's websocket "
+                     "protocol (localhost by default)")
   p.add_argument("checkpoint")
   p.add_argument("--step", type=int, default=None)
   p.add_argument("--dataset", default=None, help="statistics key (robot) to unnormalize with")
   p.add_argument("--host", default="127.0.0.1")
   p.add_argument("--port", type=int, default=8000)
   p.add_argument("--no-warmup", action="store_true")
+  p.add_argument("--protocol", default="http", choices=("http", "openpi"),
+                 help="http: vlax's JSON API; openpi: openpi's websocket policy protocol")
+  p.add_argument("--key-map", default=None,
+                 help="openpi: JSON file mapping client observation keys to cameras, state "
+                      "and prompt (one map or {dataset: map}; default: LIBERO's keys)")
+  p.add_argument("--max-message-mb", type=float, default=8.0,
+                 help="openpi: largest request accepted (MiB)")
+  p.add_argument("--idle-timeout", type=float, default=300.0,
+                 help="openpi: seconds a connection may wait between requests")
   p.set_defaults(fn=_cmd_serve)
   return parser
 
