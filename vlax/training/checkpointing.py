@@ -10,7 +10,10 @@ ROOT/<step>/train_state ({'step', 'rng'}).
   process) is done, so an interrupted save is never seen as a step; leftovers are deleted
   on start-up (`cleanup_tmp_directories`).
 - Retention: the last `keep` steps plus the best `keep_best` steps by `best_metric`
-  (lower is better; steps saved without the metric do not count as best).
+  (lower is better; steps saved without the metric do not count as best), counting only
+  steps known good (see `Checkpointer`); evictions wait until the newer save is on disk.
+- Failure: a save that does not land (disk full, permission) raises CheckpointSaveError
+  with its partial files removed; `restore_latest` walks back past unreadable steps.
 - Restore takes target shardings, so a checkpoint written on one mesh / host count is
   read onto another (each process reads only its own shards).
 

@@ -643,7 +643,9 @@ def train(config: Any, workdir: str, *,
   written by process 0 only).
   Returns {'step': last step, 'preempted': bool, 'resumed_from': step or None,
   'metrics': last logged metrics, 'state': the final TrainState, 'seconds': float}. Raises TrainingDivergedError on NaN/Inf (nothing is
-  saved for the bad steps; earlier checkpoints are untouched), VlaxError on bad input.
+  saved for the bad steps; the error names the newest good checkpoint, which a re-run
+  resumes from), checkpointing.CheckpointSaveError when a save fails (training stops;
+  earlier checkpoints are intact), VlaxError on bad input.
   """
   t_start = time.time()
   preemption = _Preemption()  # first, so a SIGTERM during set-up is not fatal
