@@ -264,14 +264,14 @@ class Checkpointer:
       self._prune()
 
   def poll(self) -> None:
-    """Cheap check between saves: raises CheckpointSaveError once the save in flight
-    has ended without landing on disk (the host does not wait for it)."""
+    """Cheap check, every step: raises CheckpointSaveError once the save in flight has
+    ended without landing on disk (the host never waits for it here)."""
     step = self._saving
     if (step is None or jax.process_count() > 1  # (multi-host: at the next save only)
         or self.manager.is_saving_in_progress()):
       return
+    self._saving = None  # ended: checked once here (a file-system stat), not every step
     if not (self._step_path(step) / TRAIN_STATE).is_dir():
-      self._saving = None
       self._failed(step, self._filter.last_error)
 
   def _failed(self, step: int, err: BaseException | None) -> None:

@@ -782,6 +782,7 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
       step += 1
       acc = metrics if acc is None else _acc_jit(acc, metrics)
       logger.step(step)
+      ckpt.poll()  # a save that failed in the background stops the run here (host-only)
 
       is_last = step == num_steps
       is_log = step % log_every == 0 or is_last
@@ -798,7 +799,6 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
       if is_probe:
         ckpt.confirm(unconfirmed)
         unconfirmed = None
-      ckpt.poll()
       if is_eval:
         pending_eval = _evaluate(setup, state.params, eval_iterator_fn, config,
                                  dataset_names, local_bs)
