@@ -127,7 +127,7 @@ def latest_step(root: str) -> int | None:
 def short_error(e: BaseException, limit: int = 160) -> str:
   """`Type: first line of the message`, capped (orbax/TensorStore errors run to pages)."""
   lines = str(e).strip().splitlines()
-  first = lines[0] if lines else ""
+  first = lines[0].split(" See full TensorStore details")[0] if lines else ""
   if len(first) > limit:
     first = first[:limit] + "..."
   return f"{type(e).__name__}: {first}" if first else type(e).__name__

@@ -126,12 +126,46 @@ class _OrbaxErrorFilter(logging.Filter):
 _FILTER = _OrbaxErrorFilter()
 
 
+def _from_orbax(exc: BaseException | None, obj: Any = None) -> bool:
+  """Whether an exception (or its cause chain) or a coroutine comes from orbax."""
+  code = getattr(obj, "cr_code", None)
+  if code is not None and "orbax" in code.co_filename:
+    return True
+  seen = 0
+  while exc is not None and seen < 8:
+    tb = exc.__traceback__
+    while tb is not None:
+      if "orbax" in tb.tb_frame.f_code.co_filename:
+        return True
+      tb = tb.tb_next
+    exc, seen = exc.__cause__ or exc.__context__, seen + 1
+  return False
+
+
+def _quiet_unraisable(unraisable) -> None:
+  """sys.unraisablehook: drops what a failed orbax read or write leaves to the garbage
+  collector (coroutines holding a TensorStore error: ~80 lines each; callbacks into its
+  closed event loop); the Checkpointer has reported the failure in one line."""
+  exc = unraisable.exc_value
+  benign = isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+  if os.environ.get("VLAX_DEBUG") == "1" or not (
+      benign or _from_orbax(exc, unraisable.object)):
+    _PREVIOUS_UNRAISABLE_HOOK(unraisable)
+
+
+_PREVIOUS_UNRAISABLE_HOOK = sys.unraisablehook
+
+
 def _install_filter() -> None:
-  """Once per process, for good: asyncio logs unretrieved task errors when the tasks
-  are garbage-collected, which may be after the Checkpointer is closed."""
+  """Once per process, for good: asyncio logs unretrieved task errors (and Python reports
+  unraisable ones) when they are garbage-collected, maybe after the Checkpointer closed."""
+  global _PREVIOUS_UNRAISABLE_HOOK
   for name in ("absl", "asyncio"):
     if _FILTER not in logging.getLogger(name).filters:
       logging.getLogger(name).addFilter(_FILTER)
+  if sys.unraisablehook is not _quiet_unraisable:
+    _PREVIOUS_UNRAISABLE_HOOK = sys.unraisablehook
+    sys.unraisablehook = _quiet_unraisable
 
 
 class Checkpointer:
