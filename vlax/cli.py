@@ -47,9 +47,12 @@ def _data_fns(workdir: str):
 
   def settings():
     root = os.path.join(workdir, "checkpoints")
-    if ckpt_format.latest_step(root) is None:
-      return None
-    return ckpt_format.read_metadata(root).get("action_tokenizer") or None
+    for step in reversed(ckpt_format.all_steps(root)):  # newest readable (restore walks
+      try:                                              # back past unreadable steps too)
+        return ckpt_format.read_metadata(root, step).get("action_tokenizer") or None
+      except VlaxError:
+        continue
+    return None
 
   def train_fn(config, process_index, process_count, start_step):
     return cotrain.make_data_iterator(
@@ -234,6 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if debug:
       raise
     print(f"error: file not found: {e.filename or e}", file=sys.stderr)
+    return 2
+  except OSError as e:  # permission, disk full, not a directory, ...
+    if debug:
+      raise
+    print(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
+          file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)

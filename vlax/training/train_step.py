@@ -141,11 +141,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     new_state = state.replace(step=state.step + 1, params=new_params, opt_state=opt_state,
                               rng=jax.random.key_data(rng))
     sums = dict(sums)
-    sums["nonfinite"] = jnp.logical_not(
-        jnp.isfinite(loss) & jnp.isfinite(grad_norm)).astype(jnp.float32)
+    param_norm = optax.global_norm(new_params)
+    # nonfinite_loss: the old params (or the batch) are bad; nonfinite adds the new params
+    # overflowing (the update blew up): no checkpoint is saved from a window with either.
+    bad_loss = jnp.logical_not(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+    sums["nonfinite_loss"] = bad_loss.astype(jnp.float32)
+    sums["nonfinite"] = (bad_loss | ~jnp.isfinite(param_norm)).astype(jnp.float32)
     sums["steps"] = jnp.ones((), jnp.float32)
     last = {"loss": loss, "grad_norm": grad_norm,
-            "param_norm": optax.global_norm(new_params),
+            "param_norm": param_norm,
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32)}
     return new_state, {"sums": sums, "last": last}
 
