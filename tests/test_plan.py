@@ -58,13 +58,14 @@ HLO = """HloModule m
 
 %cond (p: (s32[], bf16[16,8])) -> pred[] {
   %p = (s32[], bf16[16,8]) parameter(0)
-  %constant.9 = s32[] constant(18)
+  %constant.9 = s32[]{:T(128)} constant(18)
   ROOT %lt = pred[] compare(%i, %constant.9), direction=LT
 }
 
 ENTRY %main (a: bf16[16,8]) -> bf16[16,8] {
   %a = bf16[16,8]{1,0} parameter(0)
   %while.1 = (s32[], bf16[16,8]) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"27"}}
+  %while.2 = (s32[], bf16[16,8]) while(%init), condition=%cond, body=%body
   %all-reduce.5 = (f32[], f32[4]{0}) all-reduce(%s, %v), channel_id=5, replica_groups=[1,4]<=[4], to_apply=%add
   ROOT %r = bf16[16,8]{1,0} get-tuple-element(%while.1), index=1
 }
@@ -73,11 +74,12 @@ ENTRY %main (a: bf16[16,8]) -> bf16[16,8] {
 
 def test_collectives_parser_counts_loop_trips_and_reduce_scatter_fusions():
   c = plan_lib.collectives(HLO)
-  assert c["all-gather"]["count"] == 27  # inside the layer loop: 27 trips
-  assert c["all-gather"]["bytes"] == 27 * 64 * 8 * 2
-  assert c["all-gather"]["traffic_bytes"] == 27 * 64 * 8 * 2 * 3 / 4
-  assert c["reduce-scatter"]["count"] == 27  # all-reduce + dynamic-slice fusion
-  assert c["reduce-scatter"]["bytes"] == 27 * 64 * 8 * 4
+  # Inside layer loops: 27 trips (known_trip_count) + 18 (the condition's constant).
+  assert c["all-gather"]["count"] == 45
+  assert c["all-gather"]["bytes"] == 45 * 64 * 8 * 2
+  assert c["all-gather"]["traffic_bytes"] == 45 * 64 * 8 * 2 * 3 / 4
+  assert c["reduce-scatter"]["count"] == 45  # all-reduce + dynamic-slice fusion
+  assert c["reduce-scatter"]["bytes"] == 45 * 64 * 8 * 4
   assert c["all-reduce"]["count"] == 1 and c["all-reduce"]["bytes"] == 4 + 16
   assert c["all-reduce"]["traffic_bytes"] == 20 * 2 * 3 / 4
 

@@ -181,7 +181,7 @@ def _trip_count(line: str, comps: Mapping[str, list[str]]) -> int:
   m = re.search(r"condition=%?([\w.\-]+)", line)
   if m and m.group(1) in comps:
     consts = [int(c) for l in comps[m.group(1)]
-              for c in re.findall(r"s32\[\] constant\((\d+)\)", l)]
+              for c in re.findall(r"s32\[\](?:\{[^}]*\})? constant\((\d+)\)", l)]
     if consts:
       return max(consts)
   return 1
