@@ -113,3 +113,19 @@ def test_plan_debug_model_on_v5e_2x2(tmp_path, capsys):
   assert small["compile_s"] == p["compile_s"]  # reused, not recompiled
   assert small["fits"] is False and small["suggestion"]
   assert small["largest_per_chip_batch_estimate"] < small["per_chip_batch"]
+
+
+def test_parse_out_of_hbm_refusals():
+  # Recorded from libtpu 0.0.42 compiling the debug model at batch 262144 for v5e:2x2.
+  oom = plan_lib._parse_oom(  # pylint: disable=protected-access
+      "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+      "temporaries (745.68G) exceeds available HBM (15.75G).")
+  assert oom["temps"] == int(745.68 * 2**30) and oom["available"] == int(15.75 * 2**30)
+  oom = plan_lib._parse_oom(  # pylint: disable=protected-access
+      "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
+      "space hbm. Used 20.50G of 15.75G hbm. Exceeded hbm capacity by 4.75G.\n\n"
+      "  1. Size: 3.00G\n     Operator: op_name=\"jit(step)/dot_general\"\n")
+  assert oom["used"] == int(20.5 * 2**30)
+  assert oom["allocations"] == [{"name": 'op_name="jit(step)/dot_general"',
+                                 "bytes": 3 * 2**30}]
+  assert plan_lib._parse_oom("INVALID_ARGUMENT: something else") is None  # pylint: disable=protected-access

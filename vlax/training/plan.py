@@ -282,20 +282,37 @@ def _largest_state_buffers(setup, top: int = 5) -> list[dict[str, Any]]:
   return rows[:top]
 
 
-_OOM = re.compile(r"Used ([0-9.]+)([KMGT]?)i?B? of ([0-9.]+)([KMGT]?)i?B? hbm")
+_SCALE = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_SIZE = r"([0-9.]+)([KMGT]?)i?B?"
+
+
+def _bytes(num: str, unit: str) -> int:
+  return int(float(num) * _SCALE[unit])
 
 
 def _parse_oom(msg: str) -> dict[str, Any] | None:
-  m = _OOM.search(msg)
-  if not m:
+  """The TPU compiler's out-of-HBM refusal -> {used or temps, available, allocations}.
+
+  Two wordings are known: "Used 20.5G of 15.75G hbm ..." (with the largest allocations
+  listed) and "... memory required for HLO temporaries (745.68G) exceeds available HBM
+  (15.75G)".
+  """
+  if "RESOURCE_EXHAUSTED" not in msg and "Ran out of memory" not in msg:
     return None
-  scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-  used = float(m.group(1)) * scale[m.group(2)]
-  allocs = []
-  for size, unit, what in re.findall(
-      r"Size: ([0-9.]+)([KMG])i?B?\n(?:.*\n){0,3}?\s*(?:Operator|XLA Label): ([^\n]+)", msg):
-    allocs.append({"name": what.strip()[:120], "bytes": int(float(size) * scale[unit])})
-  return {"used": int(used), "allocations": allocs[:5], "message": msg[:2000]}
+  out: dict[str, Any] = {"message": " ".join(msg.split())[:600]}
+  m = re.search(rf"Used {_SIZE} of {_SIZE} hbm", msg)
+  if m:
+    out["used"] = _bytes(m.group(1), m.group(2))
+    out["available"] = _bytes(m.group(3), m.group(4))
+  m = re.search(rf"HLO temporaries \({_SIZE}\) exceeds available HBM \({_SIZE}\)", msg)
+  if m:
+    out["temps"] = _bytes(m.group(1), m.group(2))
+    out["available"] = _bytes(m.group(3), m.group(4))
+  out["allocations"] = [
+      {"name": what.strip()[:120], "bytes": _bytes(num, unit)}
+      for num, unit, what in re.findall(
+          rf"Size: {_SIZE}\n(?:.*\n){{0,3}}?\s*(?:Operator|XLA Label): ([^\n]+)", msg)][:5]
+  return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -414,17 +431,23 @@ def plan(config: Any, topology: str, hbm_capacity_bytes: int | None = None
   if result.compiled is None:  # the TPU compiler refused: out of HBM
     oom = result.oom
     args_b = sum(r["bytes"] for r in _largest_state_buffers(setup, top=10**9))
-    temps = max(oom["used"] - args_b, 0)
+    if "temps" in oom:
+      temps, total = oom["temps"], oom["temps"] + args_b
+    else:  # "Used X of Y": X holds everything; unknown wording: at least the capacity
+      total = oom.get("used", capacity + 1)
+      temps = max(total - args_b, 0)
     largest = _largest_batch(per_chip_batch, args_b, temps, capacity)
     out.update({
         "hbm_per_chip_bytes": {"arguments": args_b, "outputs": 0, "temps": temps,
-                               "total": oom["used"]},
+                               "total": total},
         "fits": False,
-        "largest_buffers": (oom["allocations"] or []) + _largest_state_buffers(setup, 3),
+        "largest_buffers": oom["allocations"] + _largest_state_buffers(setup, 3),
         "largest_per_chip_batch_estimate": largest,
         "suggestion": _suggestion(config, mesh_shape, per_chip_batch, largest, args_b,
                                   temps, capacity),
-        "compiler_message": oom["message"].splitlines()[0][:300],
+        "compiler_message": oom["message"],
+        "step_time_estimate_s": None, "mfu_estimate": None,
+        "examples_per_s_estimate": None,
     })
     return out
 

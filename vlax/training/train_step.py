@@ -99,10 +99,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     grad_shardings: Any = None) -> Callable:
   """Returns step(state, batch) -> (state, metrics) (not jitted; see `jit_train_step`).
 
-  grad_shardings: the params' shardings. The gradients are constrained to them, so
-  that XLA reduces each gradient straight into its FSDP shard (reduce-scatter) instead
-  of all-reducing the whole gradient and slicing it afterwards (twice the traffic and
-  a full-size f32 gradient per chip - what sharding propagation picks without it).
+  grad_shardings: the params' shardings. The gradients are pinned to them, so each
+  gradient is reduced straight into its FSDP shard whatever sharding propagation would
+  pick for it (the optimizer update then never sees a full-size gradient).
 
   metrics = {"sums": loss sums (see loss.loss_sums) + nonfinite,
              "last": {"loss", "grad_norm", "param_norm", "learning_rate"}}.
