@@ -128,4 +128,4 @@ def test_parse_out_of_hbm_refusals():
   assert oom["used"] == int(20.5 * 2**30)
   assert oom["allocations"] == [{"name": 'op_name="jit(step)/dot_general"',
                                  "bytes": 3 * 2**30}]
-  assert plan_lib._parse_oom("INVALID_ARGUMENT: something else") is None  # pylint: disable=protected-access
+  assert plan_lib._parse_oom("INVALID_ARGUMENT: other") is None  # pylint: disable=protected-access

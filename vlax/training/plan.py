@@ -409,7 +409,8 @@ def plan(config: Any, topology: str, hbm_capacity_bytes: int | None = None
                               batch=batch_size)["total"]
   model_flops = 3 * fwd  # forward + backward (2x): the MFU convention
   remat = bool(model_config.remat)
-  executed_flops = model_flops + (fwd if remat else 0)
+  executed_flops = model_flops + recompute_flops(model_config, num_images, text_len,
+                                                 batch_size, fwd)
   peak = topo.chips * chip.bf16_flops
   capacity = int(hbm_capacity_bytes or chip.hbm_bytes)
 
@@ -418,7 +419,8 @@ def plan(config: Any, topology: str, hbm_capacity_bytes: int | None = None
       "mesh": mesh_shape, "global_batch": batch_size, "per_chip_batch": per_chip_batch,
       "grad_accum_steps": accum,
       "model": {"preset": config.model.get("preset"), "dtype": model_config.dtype,
-                "remat": remat, "params": presets.count_params(model_config)["total"],
+                "remat": remat, "remat_policy": model_config.remat_policy,
+                "params": presets.count_params(model_config)["total"],
                 "vocab_size": model_config.llm.vocab_size, "vocab_source": vocab_source,
                 "images": num_images, "text_len": text_len},
       "hbm_capacity_bytes": capacity,
@@ -426,7 +428,7 @@ def plan(config: Any, topology: str, hbm_capacity_bytes: int | None = None
       "compile_s": round(result.seconds, 1),
       "assumed_chip": {**chip.to_dict(),
                        "notes": "step time = max(compute, hbm, ici), perfect overlap; "
-                                "compute counts remat's forward recompute"},
+                                "compute counts remat's recomputed matmuls"},
   }
   if result.compiled is None:  # the TPU compiler refused: out of HBM
     oom = result.oom
@@ -503,6 +505,25 @@ def plan(config: Any, topology: str, hbm_capacity_bytes: int | None = None
     out["suggestion"] = _suggestion(config, mesh_shape, per_chip_batch, largest, args_b,
                                     temps, capacity)
   return out
+
+
+def recompute_flops(model_config, num_images: int, text_len: int, batch: int,
+                    forward: int) -> int:
+  """Matmul FLOPs that remat runs again in the backward pass.
+
+  nothing_saveable: the whole forward; dots_with_no_batch_dims_saveable: only the
+  attention products (they have batch dims; the weight matmuls are saved);
+  everything_saveable or no remat: none.
+  """
+  if not model_config.remat or model_config.remat_policy == "everything_saveable":
+    return 0
+  if model_config.remat_policy == "nothing_saveable":
+    return int(forward)
+  v, g = model_config.vision, model_config.llm
+  p, s = v.num_patches, num_images * v.num_patches + text_len
+  attn = num_images * v.depth * 2 * 2 * p * p * v.width
+  attn += g.depth * 2 * 2 * s * s * g.num_heads * g.head_dim
+  return int(batch * attn)
 
 
 def _largest_batch(per_chip_batch: float, fixed: float, temps: float,
