@@ -491,7 +491,10 @@ def plan(config: Any, topology: str, hbm_capacity_bytes: int | None = None
       "largest_per_chip_batch_estimate": largest,
       "xla_cost": {"flops": xla_flops, "bytes_accessed": xla_bytes,
                    "optimal_seconds": float(cost.get("optimal_seconds", -1.0)),
-                   "note": "per chip; a scanned layer loop's body is counted once"},
+                   "loop_factor": round(loop_factor, 2),
+                   "note": "per chip; a scanned layer loop's body is counted once, so "
+                           "the hbm bound scales bytes_accessed by loop_factor = "
+                           "executed FLOPs per chip / XLA's flops"},
       "collectives": {k: {"count": int(v["count"]), "bytes": int(v["bytes"]),
                           "traffic_bytes": int(v["traffic_bytes"])}
                       for k, v in coll.items()},
