@@ -51,7 +51,7 @@ HLO = """HloModule m
 
 %body (p: (s32[], bf16[16,8])) -> (s32[], bf16[16,8]) {
   %p = (s32[], bf16[16,8]) parameter(0)
-  %all-gather.2 = bf16[64,8]{1,0} all-gather(%x), channel_id=2, replica_groups=mesh['axis_0'=1,'axis_1'=4] {'axis_1'}, dimensions={0}
+  %all-gather.2 = bf16[64,8]{1,0} all-gather(%x), channel_id=2, replica_groups=mesh['axis_0'=2,'axis_1'=4], device_ids=([2,4]T(1,0)) {'axis_1'}, dimensions={0}
   %fusion.3 = f32[16,8]{1,0} fusion(%y), kind=kCustom, calls=%all-reduce-scatter.1
   ROOT %t = (s32[], bf16[16,8]) tuple(%i, %z)
 }

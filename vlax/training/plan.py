@@ -138,10 +138,12 @@ def _shape_bytes(text: str) -> list[float]:
 def _group_size(line: str) -> int:
   """Devices per replica group: `mesh['axis_0'=4,'axis_1'=2] {'axis_0'}`, `[16,4]<=[64]`
   or `{{0,1,2,3},...}`."""
-  m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", line)
-  if m:
+  m = re.search(r"replica_groups=mesh\[([^\]]*)\]", line)
+  if m:  # the axes in braces may follow a `device_ids=(...)` permutation
     sizes = dict((k, int(v)) for k, v in re.findall(r"'([^']+)'=(\d+)", m.group(1)))
-    return math.prod(sizes.get(a, 1) for a in re.findall(r"'([^']+)'", m.group(2)))
+    axes = re.search(r"\{('[^}]*)\}", line[m.end():])
+    if axes:
+      return math.prod(sizes.get(a, 1) for a in re.findall(r"'([^']+)'", axes.group(1)))
   m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", line)
   if m:
     return int(m.group(2))
