@@ -1,4 +1,4 @@
-"""`vlax <command>`: train, eval, stats, inspect-data, import-paligemma, export.
+"""`vlax <command>`: train, plan, eval, stats, inspect-data, import-paligemma, export.
 
 Every command reports bad input as one line `error: ...` naming the culprit and exits 2;
 `--debug` (or VLAX_DEBUG=1) shows the full traceback instead.
@@ -130,6 +130,13 @@ def _cmd_serve(args: argparse.Namespace, overrides: list[str]) -> None:
         dataset=args.dataset, warmup=not args.no_warmup)
 
 
+def _cmd_plan(args: argparse.Namespace, overrides: list[str]) -> None:
+  # Compile for the TPU topology on this host's CPU: never reach for a local TPU.
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  from vlax.training.plan import main_plan
+  main_plan(args.config, args.topology, overrides, args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="vlax", description="Vision-language-action policies in JAX.")
@@ -162,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0, help="--env: first episode seed")
   p.add_argument("--max-batches", type=int, default=None, help="limit offline eval batches")
   p.set_defaults(fn=_cmd_eval)
+
+  p = sub.add_parser("plan", help="compile the train step for a TPU topology (CPU only)",
+                     description="Compile the real train step for a TPU slice on this host "
+                     "(libtpu's topology description) and print HBM per chip, fits, "
+                     "collectives and step-time / MFU estimates as JSON.")
+  p.add_argument("--config", default=None,
+                 help="config file (path.py[:arg]); default: the embedded debug config")
+  p.add_argument("--topology", required=True,
+                 help="Cloud accelerator name (v5p-128, v4-128, v5e-256, v6e-64) or a "
+                 "topology (v5p:4x4x4)")
+  p.add_argument("--out", default=None, help="also write the plan JSON here")
+  p.set_defaults(fn=_cmd_plan)
 
   p = sub.add_parser("stats", help="compute (and cache) a dataset's normalization statistics")
   p.add_argument("--dataset", required=True)
@@ -223,8 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     rest, overrides = _split_config_overrides(argv)
     args = build_parser().parse_args(rest)
-    if overrides and args.command not in ("train", "eval"):
-      raise VlaxError(f"--config.* overrides are only for train/eval, not {args.command!r}")
+    if overrides and args.command not in ("train", "eval", "plan"):
+      raise VlaxError(f"--config.* overrides are only for train/eval/plan, not "
+                      f"{args.command!r}")
     fn: Callable[[argparse.Namespace, list[str]], None] = args.fn
     fn(args, overrides)
     return 0

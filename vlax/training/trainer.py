@@ -237,9 +237,10 @@ class ModelSetup:
     self.batch_keys = tuple(k for k in step_lib.BATCH_KEYS if k in example_batch)
     dummy = dummy_inputs(example_batch)
     self._dummy = dummy
+    # The key is made inside eval_shape: no concrete array under the mesh context, so the
+    # mesh may be an abstract TPU topology (`vlax plan`).
     with self.context():
-      boxed = jax.eval_shape(lambda r: self.model.init(r, *dummy)["params"],
-                             jax.random.key(0))
+      boxed = jax.eval_shape(lambda: self.model.init(jax.random.key(0), *dummy)["params"])
     # Outside the mesh context: unboxing there would apply eager sharding constraints.
     self.params_sharding = sharding_lib.param_shardings(mesh, boxed)
     self.abstract_params = nn.unbox(boxed)
@@ -267,7 +268,8 @@ class ModelSetup:
     accum = int(_get(config.optimizer, "grad_accum_steps", 1))
     step_fn = step_lib.make_train_step(self.model, self.tx, self.schedule, self.frozen,
                                        num_datasets=num_datasets, grad_accum_steps=accum,
-                                       mesh=mesh, lora_scale=scale)
+                                       mesh=mesh, lora_scale=scale,
+                                       grad_shardings=self.params_sharding)
     self.train_step = step_lib.jit_train_step(step_fn, mesh, self.state_sharding,
                                               self.batch_keys)
     eval_fn = step_lib.make_eval_step(self.model, num_datasets=num_datasets,
