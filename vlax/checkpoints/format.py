@@ -33,6 +33,7 @@ import re
 from typing import Any
 
 import jax
+from etils import epath
 import numpy as np
 
 from vlax.errors import VlaxError
@@ -67,7 +68,6 @@ def _manager(root: str, create: bool = False):
 
 def _path(path: str):
   # etils.epath (used by orbax) handles local paths and gs:// alike.
-  from etils import epath  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
   if "://" not in path:
     path = os.path.abspath(os.path.normpath(path))
@@ -78,6 +78,9 @@ def _is_step_dir(path: str) -> bool:
   p = _path(path)
   return bool(_STEP_DIR.match(p.name)) and (
       (p / PARAMS_ITEM).is_dir() or (p / METADATA_ITEM).is_dir())
+
+
+is_step_dir = _is_step_dir  # public: True for one ROOT/<step> directory
 
 
 def resolve(path: str, step: int | None = None) -> tuple[str, int]:

@@ -26,7 +26,9 @@ import os
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from vlax.data.oxe import registry
 from vlax.errors import VlaxError
 
 STATS_FORMAT = 1
@@ -122,7 +124,6 @@ def compute_statistics(trajectories: Iterable[Mapping[str, Any]], *, dataset_nam
                        seed: int = 0) -> dict[str, Any]:
   """Statistics of standardized trajectories (numpy dicts with 'action' [T, A] and
   optionally 'proprio' [T, P]; '_episode_id' [T] names the episode in errors)."""
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   acc: dict[str, _Accumulator] = {}
   num_traj = 0
@@ -212,8 +213,8 @@ def get_dataset_statistics(name: str, data_dir: str, *, cache_dir: str | None = 
   per-host sharding), so every host computes the same numbers.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from vlax.data import rlds, robot  # pylint: disable=g-import-not-at-top
-  from vlax.data.oxe import registry  # pylint: disable=g-import-not-at-top
+  # TensorFlow readers: this module computes and caches without loading TF.
+  from vlax.data import rlds, standardized  # pylint: disable=g-import-not-at-top
   spec = registry.get_spec(name)
   split = split or spec.train_split
   cache_dir = cache_dir or default_cache_dir()
@@ -222,8 +223,8 @@ def get_dataset_statistics(name: str, data_dir: str, *, cache_dir: str | None = 
   if not recompute and tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path, "r") as f:
       return json.load(f)
-  ds = robot.standardized_trajectories(spec, data_dir, split=split, process_index=0,
-                                       process_count=1, with_images=False)
+  ds = standardized.standardized_trajectories(spec, data_dir, split=split, process_index=0,
+                                              process_count=1, with_images=False)
   builder = rlds.load_builder(name, data_dir, spec.version)
   total = rlds.num_episodes(builder, split.split("[")[0])
   stats = compute_statistics(

@@ -27,7 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlax.checkpoints import weights as weights_lib
+from vlax.data.normalization import normalize, unnormalize
+from vlax.data.sequence import SequenceBuilder
 from vlax.errors import VlaxError
+from vlax.models.decoding import greedy_decode, prepare_weights
+from vlax.models.vla import VLA
+from vlax.utils import flat_paths, path_str  # pylint: disable=unused-import (public API)
 
 # Observation keys that are not cameras and are read (or tolerated) by the policy.
 _PROPRIO_KEYS = ("proprio",)
@@ -35,52 +41,10 @@ _PROPRIO_MASK_KEYS = ("proprio_mask", "proprio_pad_mask")
 _INSTRUCTION_KEYS = ("instruction", "language_instruction")
 
 
-def path_str(path) -> str:
-  """jax key path -> 'a/b/c'."""
-  parts = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
-
-
-def flat_params(params: Any) -> dict[str, Any]:
-  """Params tree -> {'a/b/c': leaf}."""
-  return {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-
-
-def abstract_params(config) -> dict[str, tuple[int, ...]]:
-  """{'a/b/c': shape} of the params a VLAConfig's model expects (no FLOPs, no memory)."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from vlax.models.vla import VLA, example_inputs  # pylint: disable=g-import-not-at-top
-  model = VLA(config)
-  tree = jax.eval_shape(
-      lambda r: nn.unbox(model.init(r, *example_inputs(config))["params"]),
-      jax.random.key(0))
-  return {k: tuple(v.shape) for k, v in flat_params(tree).items()}
-
-
-def check_params(params: Any, config, where: str = "checkpoint") -> None:
-  """Raises VlaxError naming every param whose shape (or presence) differs from config."""
-  want = abstract_params(config)
-  have = {k: tuple(np.shape(v)) for k, v in flat_params(params).items()}
-  problems = []
-  for name, shape in want.items():
-    if name not in have:
-      problems.append(f"{name}: missing (model config expects {shape})")
-    elif have[name] != shape:
-      problems.append(f"{name}: checkpoint has shape {have[name]}, model config expects "
-                      f"{shape}")
-  extra = sorted(set(have) - set(want))
-  problems += [f"{name}: in the checkpoint but not in the model config" for name in extra]
-  if problems:
-    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-    raise VlaxError(f"{where}: params do not match the model config in its metadata: "
-                    f"{'; '.join(problems[:5])}{more}")
+# Shape checks live with the weights loader; re-exported here (public API).
+abstract_params = weights_lib.abstract_shapes
+check_params = weights_lib.check_params
+flat_params = flat_paths
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -124,16 +88,10 @@ class Policy:
   def __init__(self, path: str | None = None, step: int | None = None,
                dataset: str | None = None, *, params: Any = None,
                metadata: Mapping[str, Any] | None = None):
-    from vlax.checkpoints import format as ckpt_format  # pylint: disable=g-import-not-at-top
-    from vlax.data.sequence import SequenceBuilder  # pylint: disable=g-import-not-at-top
-    from vlax.inference.export import merge_lora  # pylint: disable=g-import-not-at-top
-    from vlax.models.config import VLAConfig  # pylint: disable=g-import-not-at-top
-    from vlax.models.vla import VLA  # pylint: disable=g-import-not-at-top
-
     if (path is None) == (params is None):
       raise VlaxError("Policy: give either a checkpoint path or params= and metadata=")
     if path is not None:
-      params, metadata = ckpt_format.load_params(path, step)
+      params, metadata = weights_lib.load(path, step)
       where = f"checkpoint {path}" + (f" step {step}" if step is not None else "")
     else:
       if metadata is None:
@@ -142,12 +100,7 @@ class Policy:
     metadata = dict(metadata)
     self.where = where
     self.metadata = metadata
-    if "model" not in metadata:
-      raise VlaxError(f"{where}: metadata has no 'model' config")
-    try:
-      self.config = VLAConfig.from_dict(metadata["model"])
-    except VlaxError as e:
-      raise VlaxError(f"{where}: bad model config in metadata: {e}") from None
+    self.config = weights_lib.model_config(metadata, where)
     act = metadata.get("action_tokenizer") or {}
     if "vocab" not in act or "sequence" not in act:
       raise VlaxError(f"{where} has no action tokenizer settings (metadata "
@@ -160,8 +113,8 @@ class Policy:
     self._action_dims = {k: int(v) for k, v in (act.get("action_dims") or {}).items()}
 
     # LoRA adapters (if any) are folded into their base weights: the model has none.
-    params = merge_lora(params, metadata.get("lora"))
-    check_params(params, self.config, where)
+    params = weights_lib.merge_lora(params, metadata.get("lora"))
+    weights_lib.check_params(params, self.config, where)
     g = self.config.llm
     if g.vocab_size < self.builder.model_vocab_size:
       raise VlaxError(f"{where}: model vocab_size {g.vocab_size} is smaller than the "
@@ -309,7 +262,6 @@ class Policy:
   def _proprio(self, observation: Mapping[str, Any], dataset: str
                ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The normalized proprio and its mask for the prompt (None when unused)."""
-    from vlax.data.normalization import normalize  # pylint: disable=g-import-not-at-top
     if not self.seq.proprio_bins:
       return None, None
     st = self.statistics[dataset].get("proprio")
@@ -365,14 +317,12 @@ class Policy:
 
   def _prepared_decode_weights(self):
     """`decoding.prepare_weights` built once, if the decoder is small enough to hold twice."""
-    from vlax.models.decoding import prepare_weights  # pylint: disable=g-import-not-at-top
     if self._decode_weights is None and self._hold_decode_weights:
       self._decode_weights = prepare_weights(self.model, self.params)
     return self._decode_weights
 
   def decode(self, inputs: Mapping[str, np.ndarray], num_steps: int) -> np.ndarray:
     """Greedy tokens int32 [B, num_steps] for a batch of prepared inputs."""
-    from vlax.models.decoding import greedy_decode  # pylint: disable=g-import-not-at-top
     out = greedy_decode(self.model, self.params, jnp.asarray(inputs["images"]),
                         jnp.asarray(inputs["image_mask"]), jnp.asarray(inputs["tokens"]),
                         jnp.asarray(inputs["input_mask"]),
@@ -383,7 +333,6 @@ class Policy:
   def tokens_to_actions(self, token_ids: Any, dataset: str | None = None,
                         normalized: bool = False) -> np.ndarray:
     """Generated ids -> float32 [K, A] in robot units (or normalized)."""
-    from vlax.data.normalization import unnormalize  # pylint: disable=g-import-not-at-top
     dataset = self._resolve_dataset(dataset)
     a = self.action_dim(dataset)
     norm = self.builder.actions_from_tokens(np.asarray(token_ids), a, self.chunk_len)

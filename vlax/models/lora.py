@@ -3,7 +3,8 @@
 Why: adapting a released checkpoint to a new robot with a small number of trainable
 parameters (and optimizer state) while the base weights stay bit-identical.
 
-Convention (the one `vlax.inference.export.merge_lora` and `vlax.Policy` read): beside a
+Convention (the one `merge_adapters` implements and every loader of weights reads through
+`vlax.checkpoints.weights`): beside a
 targeted base weight `W` of a params node sit `W_lora_a` and `W_lora_b` with
     A: [*batch, in, r],  B: [*batch, r, out],  W_eff = W + (alpha / rank) * (A @ B)
 (A @ B has W's size and is reshaped row-major to W's shape). Which axes of W are
@@ -34,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlax.errors import VlaxError
-from vlax.inference import export as export_lib
+from vlax.utils import flat_paths, path_str
 
-LORA_A, LORA_B = export_lib.LORA_A, export_lib.LORA_B
+LORA_A, LORA_B = "lora_a", "lora_b"
 DEFAULT_TARGETS = (r"^llm/layers/attn/", r"^llm/layers/mlp/")
 # Stacked layers make biases and norm scales 2-D: they are still not weight matrices.
 _NOT_WEIGHT = re.compile(r"(^|/)(bias|scale|pos_embedding)$")
@@ -93,18 +94,37 @@ def config_from(c: Any) -> LoraConfig | None:
   return LoraConfig(rank=rank, alpha=alpha, targets=targets)
 
 
-def path_str(path) -> str:
-  """jax key path -> 'a/b/c'."""
-  return jax.tree_util.keystr(path, simple=True, separator="/")
-
-
 def is_adapter(name: str) -> bool:
   """True for an adapter param (path or key ending in lora_a / lora_b)."""
   return name.endswith(LORA_A) or name.endswith(LORA_B)
 
 
-def _flat(params: Any) -> dict[str, Any]:
-  return {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+def has_lora(params: Any) -> bool:
+  if not isinstance(params, Mapping):
+    return False
+  return any((is_adapter(k) and not isinstance(v, Mapping)) or has_lora(v)
+             for k, v in params.items())
+
+
+def base_name(node: Mapping[str, Any], name: str, where: str) -> str:
+  """The base weight an adapter key belongs to ('w_lora_a' -> 'w'; 'lora_a' -> the one
+  non-adapter array beside it, 'kernel' or 'w' first)."""
+  stem = name[:-len(LORA_A)].rstrip("_")
+  if stem:
+    if stem not in node:
+      raise VlaxError(f"LoRA adapter {where}/{name} has no base weight {where}/{stem}")
+    return stem
+  arrays = [k for k, v in node.items() if not isinstance(v, Mapping) and not is_adapter(k)]
+  for preferred in ("kernel", "w"):
+    if preferred in arrays:
+      return preferred
+  if len(arrays) != 1:
+    raise VlaxError(f"LoRA adapter {where}/{name}: cannot tell its base weight among "
+                    f"{sorted(arrays)}; name it '<base>_{LORA_A}'")
+  return arrays[0]
+
+
+_flat = flat_paths
 
 
 def layout(name: str, shape: Sequence[int]) -> tuple[tuple[int, ...], int, int]:
@@ -201,30 +221,50 @@ def fill_like(tree: Any, known: Any, default: Any) -> Any:
       lambda p, _: flat.get(path_str(p), default), tree)
 
 
-def merge(params: Any, scale: float) -> Any:
-  """Functional (jit/grad-friendly) merge: adapters folded into their base weights and
-  removed. Same convention and base-weight lookup as `export.merge_lora` (which merges
-  host numpy arrays for export); tests check the two agree."""
+def merge_adapters(params: Any, scale: float) -> dict[str, Any]:
+  """Adapters folded into their base weights and removed: W += scale * (A @ B).
 
-  def rec(node: Mapping[str, Any], where: str) -> dict:
+  A [*batch, in, r] @ B [*batch, r, out] is a batched matmul (stacked layers and heads
+  are batch axes); the product must have W's shape or its size (then it is reshaped
+  row-major). Computes in float32 and returns W's dtype. Host numpy arrays stay numpy
+  (export: no device memory); jax arrays and tracers use jnp (jit- and grad-friendly).
+  """
+
+  def rec(node: Mapping[str, Any], where: str) -> dict[str, Any]:
     out = {k: (rec(v, f"{where}/{k}" if where else k) if isinstance(v, Mapping) else v)
            for k, v in node.items() if isinstance(v, Mapping) or not is_adapter(k)}
     for name, a in node.items():
-      if isinstance(a, Mapping) or not name.endswith(LORA_A):
+      if isinstance(a, Mapping):
+        continue
+      if name.endswith(LORA_B) and name[:-len(LORA_B)] + LORA_A not in node:
+        raise VlaxError(f"LoRA adapter {where}/{name} has no "
+                        f"{name[:-len(LORA_B)] + LORA_A} beside it")
+      if not name.endswith(LORA_A):
         continue
       b_name = name[:-len(LORA_A)] + LORA_B
       if b_name not in node:
         raise VlaxError(f"LoRA adapter {where}/{name} has no {b_name} beside it")
-      base = export_lib._base_name(node, name, where)  # pylint: disable=protected-access
-      w = node[base]
-      delta = jnp.matmul(a.astype(jnp.float32), node[b_name].astype(jnp.float32))
-      if delta.size != w.size:
-        raise VlaxError(f"LoRA adapters of {where}/{base}: A @ B has shape {delta.shape}, "
-                        f"the base weight {w.shape}")
-      out[base] = (w.astype(jnp.float32) + scale * delta.reshape(w.shape)).astype(w.dtype)
+      base = base_name(node, name, where)
+      b, w = node[b_name], node[base]
+      xp = jnp if any(isinstance(x, jax.Array) for x in (a, b, w)) else np
+      a, b, w = xp.asarray(a), xp.asarray(b), xp.asarray(w)
+      try:
+        delta = xp.matmul(a.astype(xp.float32), b.astype(xp.float32))
+      except (ValueError, TypeError):
+        raise VlaxError(f"LoRA adapters of {where}/{base}: {name} {a.shape} and {b_name} "
+                        f"{b.shape} cannot be multiplied") from None
+      if delta.shape != w.shape:
+        if delta.size != w.size:
+          raise VlaxError(f"LoRA adapters of {where}/{base}: A @ B has shape "
+                          f"{delta.shape}, the base weight {w.shape}")
+        delta = delta.reshape(w.shape)
+      out[base] = (w.astype(xp.float32) + scale * delta).astype(w.dtype)
     return out
 
   return rec(params, "")
+
+
+merge = merge_adapters  # the train step's name for it
 
 
 def count(params: Any) -> int:

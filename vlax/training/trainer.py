@@ -82,6 +82,7 @@ import ml_collections
 import numpy as np
 
 from vlax.checkpoints import format as ckpt_format
+from vlax.checkpoints import weights as weights_lib
 from vlax.errors import VlaxError
 from vlax.models import lora as lora_lib
 from vlax.training import checkpointing
@@ -337,38 +338,10 @@ def _filter(batch: Mapping[str, Any], keys) -> dict:
 def _load_init_params(init_from: str, setup: ModelSetup, seed: int = 0):
   """Params from a vlax checkpoint / export bundle or an HF PaliGemma directory, on the
   right shardings (+ fresh LoRA adapters when this run uses LoRA)."""
-  from vlax.checkpoints import format as ckpt_format  # pylint: disable=g-import-not-at-top
-  from vlax.inference import export as export_lib  # pylint: disable=g-import-not-at-top
   if not os.path.exists(init_from) and "://" not in init_from:
     raise VlaxError(f"init_from: path does not exist: {init_from}")
-  if _is_hf_dir(init_from):
-    import vlax  # pylint: disable=g-import-not-at-top
-    params, meta = vlax.load_pretrained(init_from).params, {}
-  else:
-    params, meta = ckpt_format.load_params(init_from, shardings=None)
-  if export_lib.has_lora(params):  # a LoRA run's checkpoint: start from the merged model
-    params = export_lib.merge_lora(params, (meta or {}).get("lora"))
-  want = {optimizer_lib.path_str(p): tuple(a.shape) for p, a in
-          jax.tree_util.tree_flatten_with_path(setup.base_abstract_params)[0]}
-  have = {optimizer_lib.path_str(p): tuple(np.shape(x))
-          for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-  emb = "llm/embedder/input_embedding"
-  if emb in want and emb in have and want[emb][0] != have[emb][0]:
-    raise VlaxError(
-        f"init_from {init_from}: vocabulary size differs: the checkpoint has "
-        f"{have[emb][0]} tokens ({emb} {have[emb]}), this run's model has {want[emb][0]} "
-        f"({want[emb]}), set by the data's text + action tokenizers (config.data."
-        "text_tokenizer, action_tokenizer, num_bins / fast_vocab_size, "
-        "action_vocab_start) or model.overrides llm.vocab_size; use the same tokenizer "
-        "settings as the checkpoint")
-  bad = [f"{n}: checkpoint {have.get(n, 'missing')} vs model {w}"
-         for n, w in want.items() if have.get(n) != w]
-  if bad:
-    raise VlaxError(f"init_from {init_from}: params do not match the configured model "
-                    f"({len(bad)} mismatches, e.g. {bad[:3]}); check config.model.preset "
-                    "and model.overrides against the checkpoint's metadata['model']")
-  params = jax.tree.map(lambda a, x: np.asarray(x, a.dtype), setup.base_abstract_params,
-                        _restructure(params, setup.base_abstract_params))
+  params = weights_lib.load_for(init_from, setup.base_abstract_params,
+                                f"init_from {init_from}")
   params = jax.tree.map(np.asarray, setup.add_adapters(params, seed))
   return jax.tree.map(
       lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx]),
@@ -411,11 +384,6 @@ def _init_opt_state(init_from: str, setup: ModelSetup, state, reset: bool):
         "optimizer state from its params") from None
   return state.replace(opt_state=opt_state), (
       f"optimizer state kept from {root}/{step} (reset_optimizer=False)")
-
-
-def _restructure(params, like):
-  flat = {optimizer_lib.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-  return jax.tree_util.tree_map_with_path(lambda p, _: flat[optimizer_lib.path_str(p)], like)
 
 
 class _Preemption:
