@@ -24,21 +24,21 @@ import json
 import os
 from typing import Any, Callable, Mapping, Sequence
 
+import ml_collections
 import numpy as np
 
+from vlax.actions import (ActionVocab, BinTokenizer, default_action_vocab,
+                          make_action_tokenizer, tokenizer_from_dict)
 from vlax.data import seeds as seeds_lib
-from vlax.data.sequence import DataCounters, SequenceBuilder
+from vlax.data import toy_env
+from vlax.data import web as web_lib
+from vlax.data.oxe import mixtures
+from vlax.data.oxe import toy
+from vlax.data.sequence import (SOURCE_NAMES, DataCounters, SequenceBuilder, SequenceConfig,
+                                collect_action_chunks)
+from vlax.data.text_tokenizer import TextTokenizer, load_toy_tokenizer
 from vlax.errors import VlaxError
-
-
-def _process_info(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-  if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  if not 0 <= process_index < process_count:
-    raise VlaxError(f"process_index {process_index} not in [0, {process_count})")
-  return int(process_index), int(process_count)
+from vlax.utils import process_info
 
 
 def per_host_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -105,7 +105,7 @@ def make_cotrain_dataset(robot, web, *, global_batch_size: int, web_weight: floa
                          prefetch: bool = True):
   """Model-example streams -> batched tf.data (per-host batch, drop_remainder)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  pi, pc = _process_info(process_index, process_count)
+  pi, pc = process_info(process_index, process_count)
   bs = per_host_batch_size(global_batch_size, pc)
   ds = mix(robot, web, per_host_batch=bs, web_weight=web_weight, web_schedule=web_schedule,
            seed=seed, process_index=pi, start_step=start_step)
@@ -297,8 +297,7 @@ def make_train_iterator(*, builder: SequenceBuilder, global_batch_size: int,
     `CotrainIterator.restore_state` calls for a state saved by a run seeded otherwise).
   fingerprint: JSON-safe settings a saved state must match to be restored.
   """
-  from vlax.data import web as web_lib  # pylint: disable=g-import-not-at-top
-  pi, pc = _process_info(process_index, process_count)
+  pi, pc = process_info(process_index, process_count)
   robot = builder.robot_dataset(robot_frames) if robot_frames is not None else None
   web = None
   if web_sources:
@@ -323,8 +322,6 @@ def make_train_iterator(*, builder: SequenceBuilder, global_batch_size: int,
 
 def default_data_config():
   """Every `config.data` key `make_data_iterator` reads, with defaults (debug-sized)."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from vlax.data import toy_env  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict()
   c.robot_datasets = "toy"  # mixture name, or "name:weight,name:weight", or "" (none)
   c.data_dir = ""  # "" with toy datasets: generated under <workdir>/toy_data
@@ -373,7 +370,6 @@ def resolve_data_config(config: Any):
 
 def _check_metric_names(robot: Sequence[str], web: Sequence[str]) -> None:
   """Each name becomes a `loss/<name>` metric next to `loss/robot` and `loss/web`."""
-  from vlax.data.sequence import SOURCE_NAMES  # pylint: disable=g-import-not-at-top
   seen: dict[str, str] = {s: "the source metric" for s in SOURCE_NAMES}
   for kind, names in (("robot dataset", robot), ("web source", web)):
     for n in names:
@@ -385,7 +381,6 @@ def _check_metric_names(robot: Sequence[str], web: Sequence[str]) -> None:
 
 def _robot_entries(spec: Any) -> list[tuple[str, float]]:
   from vlax.data import mixture as mixture_lib  # pylint: disable=g-import-not-at-top
-  from vlax.data.oxe import mixtures  # pylint: disable=g-import-not-at-top
   if not spec:
     return []
   if isinstance(spec, str):
@@ -410,12 +405,7 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
   saved stream exactly (rebuilding the pipeline with the saved run's start_step) and
   refuses a state saved with another config.data / seed / batch_size / process layout.
   """
-  from vlax.actions import (ActionVocab, BinTokenizer, default_action_vocab,  # pylint: disable=g-import-not-at-top
-                            make_action_tokenizer, tokenizer_from_dict)
   from vlax.data import robot as robot_lib  # pylint: disable=g-import-not-at-top
-  from vlax.data import web as web_lib  # pylint: disable=g-import-not-at-top
-  from vlax.data.sequence import SequenceConfig, collect_action_chunks  # pylint: disable=g-import-not-at-top
-  from vlax.data.text_tokenizer import TextTokenizer, load_toy_tokenizer  # pylint: disable=g-import-not-at-top
 
   d = resolve_data_config(config)
   seed = int(config.get("seed", 0))
@@ -431,7 +421,6 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
 
   data_dir, stats_cache = d.data_dir, d.stats_cache_dir or None
   if entries and not data_dir:
-    from vlax.data.oxe import toy  # pylint: disable=g-import-not-at-top
     if not all(n in toy.TOY_DATASETS for n in names):
       raise VlaxError(f"config.data.data_dir is empty but the robot datasets {names} are "
                       f"not the built-in toy ones")

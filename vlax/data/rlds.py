@@ -30,26 +30,26 @@ to drop them instead.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.utils import tqdm_utils
 
 from vlax.errors import VlaxError
+from vlax.utils import process_info
 
 INT32_MAX = 2**31 - 1
 ERROR_PREFIX = "vlax-data-error: "
 
 
 def default_process() -> tuple[int, int]:
-  """(process_index, process_count) from jax when it is imported/initialized, else (0, 1)."""
-  try:
-    import jax  # pylint: disable=g-import-not-at-top
-    return jax.process_index(), jax.process_count()
-  except Exception:  # pylint: disable=broad-except
-    return 0, 1
+  """(process_index, process_count) of this host (from jax)."""
+  return process_info()
 
 
 def dataset_dir(name: str, data_dir: str, version: str | None = None) -> str:
@@ -363,11 +363,8 @@ def write_rlds(name: str, data_dir: str, features: Any, episodes: Sequence[Mappi
   if tf.io.gfile.exists(path):
     tf.io.gfile.rmtree(path)
   builder = _Builder(data_dir=str(data_dir))
-  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
   was_active = getattr(tqdm_utils, "_active", True)
   tfds.display_progress_bar(False)
-  import contextlib  # pylint: disable=g-import-not-at-top
-  import io  # pylint: disable=g-import-not-at-top
   try:
     # tfds prints "Downloading and preparing dataset ..." on stdout, which would corrupt
     # the output of commands that print data (e.g. the registry template).

@@ -35,8 +35,10 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from vlax.actions import ActionVocab, BinTokenizer, FASTTokenizer
+from vlax.actions import ActionVocab, BinTokenizer, FASTTokenizer, tokenizer_from_dict
+from vlax.data.text_tokenizer import TextTokenizer
 from vlax.errors import VlaxError
+from vlax.utils import get_path
 
 SOURCE_ROBOT = 0
 SOURCE_WEB = 1
@@ -116,21 +118,9 @@ def _sanitize(text: str) -> str:
   return text.replace("<loc", "< loc").replace("<seg", "< seg")
 
 
-def _get(d: Mapping[str, Any], path: str, what: str = "frame") -> Any:
-  """Reads 'a/b' from nested dicts (or a flat dict with '/'-joined keys)."""
-  if path in d:
-    return d[path]
-  cur = d
-  for part in path.split("/"):
-    if not isinstance(cur, Mapping) or part not in cur:
-      raise VlaxError(f"{what} has no key {path!r} (keys: {sorted(d.keys())})")
-    cur = cur[part]
-  return cur
-
-
 def _has(d: Mapping[str, Any], path: str) -> bool:
   try:
-    _get(d, path)
+    get_path(d, path)
     return True
   except VlaxError:
     return False
@@ -296,14 +286,14 @@ class SequenceBuilder:
     imgs, masks = [], []
     t = self.config.window
     for cam in self.config.cameras:
-      img = _get(frame, f"observation/image_{cam}")
-      m = tf.cast(_get(frame, f"observation/image_{cam}_mask"), tf.bool)
+      img = get_path(frame, f"observation/image_{cam}")
+      m = tf.cast(get_path(frame, f"observation/image_{cam}_mask"), tf.bool)
       if img.shape.rank == 3:
         img = img[None]
         m = m[None] if m.shape.rank == 0 else m
       else:
         if _has(frame, "observation/timestep_pad_mask"):
-          m = tf.logical_and(m, tf.cast(_get(frame, "observation/timestep_pad_mask"),
+          m = tf.logical_and(m, tf.cast(get_path(frame, "observation/timestep_pad_mask"),
                                         tf.bool))
       img = tf.ensure_shape(img, [t, None, None, 3])
       imgs.append(tf.cast(img, tf.float32) / 127.5 - 1.0)
@@ -314,26 +304,26 @@ class SequenceBuilder:
     """tf map fn: standardized frame -> (model example, keep flag)."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     images, image_mask = self._robot_images(frame)
-    instruction = _get(frame, "language_instruction")
-    name = _get(frame, "dataset_name") if _has(frame, "dataset_name") else tf.constant("")
+    instruction = get_path(frame, "language_instruction")
+    name = get_path(frame, "dataset_name") if _has(frame, "dataset_name") else tf.constant("")
     if self.config.proprio_bins:
       prompt = tf.numpy_function(
           self.robot_prompt_ids,
-          [instruction, tf.cast(_get(frame, "observation/proprio"), tf.float32),
-           _get(frame, "observation/proprio_pad_mask")], tf.int32, stateful=False)
+          [instruction, tf.cast(get_path(frame, "observation/proprio"), tf.float32),
+           get_path(frame, "observation/proprio_pad_mask")], tf.int32, stateful=False)
     else:
       prompt = tf.numpy_function(self.robot_prompt_ids, [instruction], tf.int32,
                                  stateful=False)
     prompt = tf.ensure_shape(prompt, [None])
-    action = tf.cast(_get(frame, "action"), tf.float32)
-    pad = tf.cast(_get(frame, "action_pad_mask"), tf.bool)
-    action_dim = tf.cast(_get(frame, "action_dim"), tf.int32)
+    action = tf.cast(get_path(frame, "action"), tf.float32)
+    pad = tf.cast(get_path(frame, "action_pad_mask"), tf.bool)
+    action_dim = tf.cast(get_path(frame, "action_dim"), tf.int32)
     step_valid = tf.reduce_any(pad[:, :action_dim], axis=1)
     ids, valid = self._action_ids_tf(action, step_valid, action_dim)
     out, keep = self._assemble(prompt, ids, valid, True, "robot", name)
     out.update(images=images, image_mask=image_mask,
                source=tf.constant(SOURCE_ROBOT, tf.int32),
-               dataset_index=tf.cast(_get(frame, "dataset_index"), tf.int32))
+               dataset_index=tf.cast(get_path(frame, "dataset_index"), tf.int32))
     return out, keep
 
   def robot_dataset(self, frames, num_parallel_calls: int | None = None,
@@ -404,8 +394,6 @@ class SequenceBuilder:
   @classmethod
   def from_metadata(cls, meta: Mapping[str, Any]) -> "SequenceBuilder":
     """Rebuilds the builder (prompt format, tokenizers, vocab) from checkpoint metadata."""
-    from vlax.actions import tokenizer_from_dict  # pylint: disable=g-import-not-at-top
-    from vlax.data.text_tokenizer import TextTokenizer  # pylint: disable=g-import-not-at-top
     act = meta.get("action_tokenizer") or {}
     if "vocab" not in act or "sequence" not in act:
       raise VlaxError("checkpoint metadata: action_tokenizer lacks 'vocab'/'sequence' "
@@ -510,9 +498,9 @@ def collect_action_chunks(frames, num: int) -> list[np.ndarray]:
   valid step, exactly as `SequenceBuilder` feeds FAST."""
   out = []
   for f in frames.take(num).as_numpy_iterator():
-    a = int(_get(f, "action_dim"))
-    chunk = np.asarray(_get(f, "action"), np.float32)[:, :a]
-    steps = np.asarray(_get(f, "action_pad_mask"))[:, :a].any(axis=1)
+    a = int(get_path(f, "action_dim"))
+    chunk = np.asarray(get_path(f, "action"), np.float32)[:, :a]
+    steps = np.asarray(get_path(f, "action_pad_mask"))[:, :a].any(axis=1)
     if not steps.any():
       continue
     last = int(np.nonzero(steps)[0][-1])

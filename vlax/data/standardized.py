@@ -16,15 +16,9 @@ import tensorflow as tf
 from vlax.data import rlds
 from vlax.data import traj as traj_lib
 from vlax.errors import VlaxError
+from vlax.utils import lookup
 
 CAMERAS = ("primary", "secondary", "wrist")
-
-
-def _get_path(tree: Mapping[str, Any], key: str) -> Any:
-  node = tree
-  for part in key.split("/"):
-    node = node[part]
-  return node
 
 
 def _describe_keys(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -89,9 +83,8 @@ def standardize(spec: Any, raw: Mapping[str, Any], cameras: Sequence[str] = (),
         masks[cam] = False
         continue
       rel = key[len("observation/"):] if key.startswith("observation/") else key
-      try:
-        img = _get_path(obs, rel)
-      except (KeyError, TypeError):
+      found, img = lookup(obs, rel, sep="/")
+      if not found:
         raise VlaxError(f"dataset {name!r}: missing image key 'observation/{rel}' for "
                         f"camera {cam!r}; observation has keys {_describe_keys(obs)}"
                         ) from None

@@ -13,6 +13,7 @@ import math
 from typing import Any, Callable
 
 from vlax.errors import VlaxError
+from vlax.utils import lookup
 
 SEED_LIMIT = 2**63 - 1  # init uses jax.random.key(seed + 1): int64
 
@@ -64,20 +65,10 @@ _RULES: dict[str, tuple[str, Callable[[Any], bool], str]] = {
 }
 
 
-def _lookup(config: Any, key: str) -> tuple[bool, Any]:
-  node = config
-  for part in key.split("."):
-    try:
-      node = node[part]
-    except (KeyError, AttributeError, TypeError):
-      return False, None
-  return True, node
-
-
 def check_train_config(config: Any) -> None:
   """Raises VlaxError (one line, naming the key) for the first value out of range."""
   for key, (kind, ok, want) in _RULES.items():
-    found, value = _lookup(config, key)
+    found, value = lookup(config, key)
     if not found or value is None:
       continue
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -22,14 +22,10 @@ import jax
 import optax
 
 from vlax.errors import VlaxError
+from vlax.utils import path_str  # (also this module's public name for it)
 
 DEFAULT_NO_DECAY = (r"bias$", r"scale$", r"norm", r"LayerNorm", r"pos_embedding$",
                     r"input_embedding$")
-
-
-def path_str(path) -> str:
-  """jax key path -> 'a/b/c'."""
-  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _compile(patterns: Sequence[str] | str | None, what: str) -> list[re.Pattern]:
