@@ -16,6 +16,7 @@ import functools
 from typing import Any, Iterable
 
 import numpy as np
+from tokenizers import Tokenizer, models as bpe_models, trainers as bpe_trainers
 
 from vlax.errors import VlaxError
 
@@ -82,7 +83,6 @@ class FASTTokenizer:
     return "".join(map(chr, (ints + _BASE_CODEPOINT).tolist()))
 
   def _load_bpe(self, bpe_json: str) -> None:
-    from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
     if self.min_token is None or self.max_token is None:
       raise VlaxError("FASTTokenizer: a BPE needs min_token and max_token")
     self._bpe = Tokenizer.from_str(bpe_json)
@@ -102,7 +102,6 @@ class FASTTokenizer:
 
     Chunks may have different shapes (datasets with different action dims / horizons).
     """
-    from tokenizers import Tokenizer, models, trainers  # pylint: disable=g-import-not-at-top
     seqs = [self.quantize(c) for c in chunks]
     if not seqs:
       raise VlaxError("FASTTokenizer.fit: got no chunks")
@@ -115,8 +114,8 @@ class FASTTokenizer:
           f"({self.min_token}..{self.max_token}) > vocab_size {self.vocab_size}; lower "
           f"scale ({self.scale}) or raise vocab_size (are the actions normalized?)")
     alphabet = [chr(_BASE_CODEPOINT + i) for i in range(alphabet_size)]
-    bpe = Tokenizer(models.BPE())
-    trainer = trainers.BpeTrainer(vocab_size=self.vocab_size, min_frequency=2,
+    bpe = Tokenizer(bpe_models.BPE())
+    trainer = bpe_trainers.BpeTrainer(vocab_size=self.vocab_size, min_frequency=2,
                                   initial_alphabet=alphabet, limit_alphabet=alphabet_size,
                                   special_tokens=[], show_progress=False)
     bpe.train_from_iterator((self._ints_to_str(s) for s in seqs), trainer=trainer)

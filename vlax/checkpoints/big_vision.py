@@ -48,8 +48,10 @@ import zipfile
 from typing import Any
 
 import numpy as np
+import ml_dtypes
 
 from vlax.errors import VlaxError
+from vlax.models.config import GemmaConfig, SigLIPConfig, VLAConfig
 
 _ENC = "img/Transformer/encoderblock"
 _ATT = _ENC + "/MultiHeadDotProductAttention_0"
@@ -138,7 +140,6 @@ def check_shapes(flat: dict[str, Any], config, source: str) -> None:
 
 def _to_float32(name: str, x: np.ndarray, path: str) -> np.ndarray:
   if x.dtype.kind == "V" and x.dtype.itemsize == 2:  # bfloat16 saved without ml_dtypes
-    import ml_dtypes  # pylint: disable=g-import-not-at-top
     return x.view(ml_dtypes.bfloat16).astype(np.float32)
   if x.dtype.kind in "fV" or x.dtype.name == "bfloat16":
     return np.asarray(x).astype(np.float32)
@@ -208,7 +209,6 @@ def _shape(flat, name, ndim, path):
 
 def infer_config(flat: dict[str, np.ndarray], path: str = "npz"):
   """Infers the VLAConfig from the shapes of a normalized flat tree."""
-  from vlax.models.config import GemmaConfig, SigLIPConfig, VLAConfig  # pylint: disable=g-import-not-at-top
   p, _, _, w = _shape(flat, "img/embedding/kernel", 4, path)
   _, n, _ = _shape(flat, "img/pos_embedding", 3, path)
   side = math.isqrt(n)

@@ -46,10 +46,13 @@ import re
 import struct
 from typing import Any
 
+import ml_dtypes
 import numpy as np
+from safetensors import safe_open
 
 from vlax.checkpoints import big_vision
 from vlax.errors import VlaxError
+from vlax.models.config import GemmaConfig, SigLIPConfig, VLAConfig
 
 # Defaults of transformers' SiglipVisionConfig / GemmaConfig, used for keys a config.json
 # omits (transformers fills them the same way when it builds the sub-configs).
@@ -108,7 +111,6 @@ def _positive(section: dict[str, Any], key: str, where: str, kind: type):
 
 def read_config(path: str):
   """The VLAConfig of a HF PaliGemma directory's config.json."""
-  from vlax.models.config import GemmaConfig, SigLIPConfig, VLAConfig  # pylint: disable=g-import-not-at-top
   cfg_path = os.path.join(path, "config.json")
   cfg = _read_json(cfg_path)
   if not isinstance(cfg, dict):
@@ -202,7 +204,6 @@ class _Tensors:
 
   @staticmethod
   def _keys(file: str) -> list[str]:
-    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
     try:
       with safe_open(file, framework="np") as f:
         return list(f.keys())
@@ -227,7 +228,6 @@ class _Tensors:
     return x
 
   def _read(self, file: str, name: str) -> np.ndarray:
-    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
     try:
       if file not in self._handles:
         self._handles[file] = safe_open(file, framework="np")
@@ -243,7 +243,6 @@ class _Tensors:
 
 def _read_bf16(file: str, name: str) -> np.ndarray:
   """numpy has no bfloat16: read the raw bytes through the safetensors header."""
-  import ml_dtypes  # pylint: disable=g-import-not-at-top
   with open(file, "rb") as f:
     (n,) = struct.unpack("<Q", f.read(8))
     info = json.loads(f.read(n))[name]

@@ -19,6 +19,8 @@ from vlax.checkpoints import big_vision
 from vlax.checkpoints import format as ckpt_format
 from vlax.checkpoints import hf_paligemma
 from vlax.errors import VlaxError
+from vlax.models.config import VLAConfig
+from vlax.models.vla import VLA
 
 
 @dataclasses.dataclass
@@ -29,7 +31,6 @@ class PretrainedVLA:
   metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
-    from vlax.models.vla import VLA  # pylint: disable=g-import-not-at-top
     model = VLA(self.config)
 
     def forward(params, images, image_mask, tokens, input_mask, prefix_mask):
@@ -91,7 +92,6 @@ def read_released(path: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
 
 def load_pretrained(path: str, step: int | None = None) -> PretrainedVLA:
   """Loads a vlax checkpoint, a HF PaliGemma directory or a big_vision npz."""
-  from vlax.models.config import VLAConfig  # pylint: disable=g-import-not-at-top
   kind = detect_kind(path)
   if kind == "vlax":
     params, metadata = ckpt_format.load_params(path, step)

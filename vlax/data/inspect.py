@@ -8,6 +8,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vlax.data import statistics
+from vlax.data.oxe import registry
 from vlax.errors import VlaxError
 
 
@@ -51,7 +53,6 @@ def inspect_data(datasets: Sequence[str], data_dir: str, batch_size: int = 8, *,
   if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
     raise VlaxError(f"--batch-size must be a positive integer, got {batch_size!r}")
   from vlax.data import rlds, robot  # pylint: disable=g-import-not-at-top
-  from vlax.data.oxe import registry  # pylint: disable=g-import-not-at-top
   names = [n for n, _ in robot.mixture_lib.parse_datasets(list(datasets))]
   splits = split or {n: registry.get_spec(n).train_split for n in names}
   ds, stats = robot.make_robot_dataset(
@@ -78,7 +79,6 @@ def compute_and_print_stats(dataset: str, data_dir: str, out: str | None = None,
                             cache_dir: str | None = None, recompute: bool = False,
                             split: str | None = None) -> dict[str, Any]:
   """Computes (or loads from cache) one dataset's statistics; prints JSON or writes `out`."""
-  from vlax.data import statistics  # pylint: disable=g-import-not-at-top
   stats = statistics.get_dataset_statistics(dataset, data_dir, cache_dir=cache_dir,
                                             recompute=recompute, split=split)
   text = json.dumps(stats, indent=1)

@@ -15,6 +15,8 @@ import os
 import pathlib
 from typing import Any
 
+import sentencepiece as spm
+
 from vlax.errors import VlaxError
 
 TOY_MODEL_PATH = pathlib.Path(__file__).resolve().parent.parent / "assets" / "toy_spm.model"
@@ -24,7 +26,6 @@ class TextTokenizer:
   """Thin SentencePiece wrapper: encode/decode plus the special ids the model needs."""
 
   def __init__(self, model: str | os.PathLike | bytes, name: str | None = None):
-    import sentencepiece as spm  # pylint: disable=g-import-not-at-top
     if isinstance(model, (bytes, bytearray)):
       data = bytes(model)
       self.name = name or "sentencepiece"

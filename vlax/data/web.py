@@ -37,6 +37,7 @@ import pathlib
 from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image
 
 from vlax.data import seeds as seeds_lib
 from vlax.data.sequence import DataCounters, filter_flagged
@@ -142,7 +143,6 @@ def toy_examples(num: int, image_size: int = 64, seed: int = 0) -> list[dict[str
 
 
 def encode_png(img: np.ndarray) -> bytes:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   buf = io.BytesIO()
   Image.fromarray(np.asarray(img, np.uint8)).save(buf, format="PNG")
   return buf.getvalue()
@@ -204,7 +204,6 @@ class _Checker:
 
   def decode(self, data: bytes, dataset: bytes, origin: bytes):
     """numpy_function: encoded image -> (uint8 [h, w, 3], ok)."""
-    from PIL import Image  # pylint: disable=g-import-not-at-top
     try:
       with Image.open(io.BytesIO(data)) as im:
         arr = np.asarray(im.convert("RGB"), np.uint8)

@@ -35,6 +35,7 @@ import numpy as np
 
 from vlax.errors import VlaxError
 from vlax.inference import msgpack_arrays
+from vlax.inference.policy import Policy
 
 MAX_MESSAGE_BYTES = 8 << 20  # 2 cameras of 640x480 RGB fit ~4 times over
 MAX_PROMPT_CHARS = 2000
@@ -268,7 +269,6 @@ def serve_openpi(checkpoint: str, host: str = "127.0.0.1", port: int = 8000,
                  max_message_bytes: int = MAX_MESSAGE_BYTES,
                  idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
   """Loads the policy and serves openpi's protocol until interrupted (Ctrl-C)."""
-  from vlax.inference.policy import Policy  # pylint: disable=g-import-not-at-top
   if not 0 <= int(port) <= 65535:
     raise VlaxError(f"--port must be in 0..65535, got {port}")
   if not max_message_bytes > 0 or not idle_timeout_s > 0:

@@ -36,8 +36,10 @@ import time
 from typing import Any, Mapping
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from vlax.errors import VlaxError
+from vlax.inference.policy import Policy
 
 MAX_BODY_BYTES = 8 << 20  # a few raw 640x480 cameras as base64
 MAX_INSTRUCTION_CHARS = 2000
@@ -54,7 +56,6 @@ def encode_image(image: np.ndarray, raw: bool = True) -> Any:
   if raw:
     return {"b64": base64.b64encode(image.tobytes()).decode("ascii"),
             "shape": list(image.shape)}
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   buf = io.BytesIO()
   Image.fromarray(image).save(buf, format="PNG")
   return base64.b64encode(buf.getvalue()).decode("ascii")
@@ -95,7 +96,6 @@ def decode_image(value: Any, key: str) -> np.ndarray | None:
     data = base64.b64decode(value, validate=True)
   except (binascii.Error, ValueError) as e:
     raise VlaxError(f"observation[{key!r}]: not valid base64 ({e})") from None
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(io.BytesIO(data)) as img:  # reads the header only
       if max(img.size) > MAX_IMAGE_SIDE:
@@ -267,7 +267,6 @@ def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000,
           step: int | None = None, dataset: str | None = None, warmup: bool = True,
           verbose: bool = True) -> None:
   """Loads the policy and serves it until interrupted (Ctrl-C)."""
-  from vlax.inference.policy import Policy  # pylint: disable=g-import-not-at-top
   check_port(port)  # before the minutes of loading and warm-up
   policy = Policy(checkpoint, step, dataset)
   if warmup:  # compile every dataset's decode now, not on the first request

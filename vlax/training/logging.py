@@ -23,6 +23,7 @@ import time
 from typing import Any, Mapping
 
 import jax
+from tqdm.auto import tqdm
 
 
 def _jsonable(v: Any) -> Any:
@@ -98,7 +99,6 @@ class MetricsLogger:
       self._wandb = wandb_lib.init(project=wandb_project, name=wandb_name, dir=workdir,
                                    config=dict(config or {}), mode=mode, resume="allow")
     if progress:
-      from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
       self._bar = tqdm(total=total_steps, initial=start_step, unit="step",
                        dynamic_ncols=True, file=sys.stderr)
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from vlax.models import lora as lora_lib
 from vlax.training import loss as loss_lib
 from vlax.training import mesh as mesh_lib
 from vlax.training.optimizer import path_str
@@ -72,7 +73,6 @@ def batch_shardings(mesh: Mesh, batch_keys) -> dict[str, NamedSharding]:
 
 def _model_logits(model: nn.Module, params, batch, lora_scale: float | None = None):
   if lora_scale is not None:
-    from vlax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
     params = lora_lib.merge(params, lora_scale)
   return model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS))
 

@@ -349,7 +349,6 @@ def _load_init_params(init_from: str, setup: ModelSetup, seed: int = 0):
 
 
 def _is_hf_dir(path: str) -> bool:
-  from vlax.checkpoints import format as ckpt_format  # pylint: disable=g-import-not-at-top
   return os.path.exists(os.path.join(path, "config.json")) and not (
       ckpt_format.all_steps(path) or ckpt_format._is_step_dir(path))  # pylint: disable=protected-access
 
@@ -357,7 +356,6 @@ def _is_hf_dir(path: str) -> bool:
 def _init_opt_state(init_from: str, setup: ModelSetup, state, reset: bool):
   """With init_from and reset_optimizer=False: the init checkpoint's optimizer state
   (if it has one) replaces the fresh one. Returns (state, message)."""
-  from vlax.checkpoints import format as ckpt_format  # pylint: disable=g-import-not-at-top
   if reset:
     return state, "fresh optimizer state (reset_optimizer=True)"
   if _is_hf_dir(init_from):

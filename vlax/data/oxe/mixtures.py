@@ -6,6 +6,8 @@ builder may multiply them by each dataset's number of transitions, as Octo does)
 
 from __future__ import annotations
 
+import difflib
+
 from vlax.errors import VlaxError
 
 # Octo's "magic soup" (25 datasets). Octo reads BridgeData V2 from the 1.0.0 release.
@@ -63,7 +65,6 @@ MIXTURES: dict[str, tuple[tuple[str, float], ...]] = {
 def get_mixture(name: str) -> list[tuple[str, float]]:
   """The (dataset_name, weight) list of a named mixture; VlaxError for unknown names."""
   if name not in MIXTURES:
-    import difflib
     close = difflib.get_close_matches(name, list(MIXTURES), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise VlaxError(f"unknown mixture {name!r}{hint}; known: {', '.join(sorted(MIXTURES))}")

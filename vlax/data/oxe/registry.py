@@ -9,8 +9,11 @@ instruction lives, and which dimensions are normalized.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import importlib
+import importlib.util
+import os
 from typing import Any, Callable, Mapping
 
 from vlax.errors import VlaxError
@@ -93,8 +96,6 @@ def register(spec: DatasetSpec, *, overwrite: bool = False) -> DatasetSpec:
 def _load_user_module(entry: str) -> None:
   """Imports a module name or executes a .py file that calls `register(...)`."""
   if entry.endswith(".py"):
-    import importlib.util  # pylint: disable=g-import-not-at-top
-    import os  # pylint: disable=g-import-not-at-top
     if not os.path.isfile(entry):
       raise VlaxError(f"VLAX_DATASETS: dataset registration file not found: {entry}")
     spec = importlib.util.spec_from_file_location(
@@ -131,7 +132,6 @@ def _load_catalog() -> None:
     except ModuleNotFoundError as e:
       if e.name != module:
         raise
-  import os  # pylint: disable=g-import-not-at-top
   for entry in filter(None, (s.strip() for s in os.environ.get("VLAX_DATASETS", "").split(","))):
     _load_user_module(entry)
 
@@ -140,7 +140,6 @@ def get_spec(name: str) -> DatasetSpec:
   """The spec registered under `name`; a clear error listing near names otherwise."""
   _load_catalog()
   if name not in _REGISTRY:
-    import difflib
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise VlaxError(f"unknown dataset {name!r}{hint}; registered: {len(_REGISTRY)} datasets, "

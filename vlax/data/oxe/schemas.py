@@ -14,7 +14,10 @@ Image sizes can be reduced ONLY through the explicit `image_size` argument of `f
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any, Mapping
+
+import numpy as np
 
 from vlax.errors import VlaxError
 
@@ -327,7 +330,6 @@ def list_schemas() -> list[str]:
 
 def get_schema(name: str) -> Schema:
   if name not in _SCHEMAS:
-    import difflib
     close = difflib.get_close_matches(name, list(_SCHEMAS), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise VlaxError(f"no feature schema for dataset {name!r}{hint}")
@@ -341,7 +343,6 @@ def _scaled(shape: tuple[int, ...], image_size: tuple[int, int] | None) -> tuple
 
 
 def _connector(leaf: Leaf, image_size):
-  import numpy as np
   import tensorflow_datasets as tfds
   f = tfds.features
   if leaf.kind == "text":

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vlax.data import toy_env
+from vlax.data.toy_env import EMBODIMENTS, ToyReachEnv, rollout_oracle
 from vlax.data.oxe.registry import ActionEncoding, DatasetSpec, register, _REGISTRY
 
 VERSION = "1.0.0"
@@ -71,7 +72,6 @@ _register()
 def toy_features(embodiment: str, image_size: int):
   """TFDS features of a toy dataset (RLDS layout, JPEG images)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from vlax.data.toy_env import EMBODIMENTS  # pylint: disable=g-import-not-at-top
   e = EMBODIMENTS[embodiment]
   img = lambda: tfds.features.Image(shape=(image_size, image_size, 3),
                                     encoding_format="jpeg")
@@ -104,7 +104,6 @@ def toy_episodes(embodiment: str, num_episodes: int, *, image_size: int = 64,
   step (5 steps on average), otherwise it always has `episode_len` steps.
   num_blocks, block_size: the scene (see ToyReachEnv).
   """
-  from vlax.data.toy_env import ToyReachEnv, rollout_oracle  # pylint: disable=g-import-not-at-top
   env = ToyReachEnv(embodiment, image_size=image_size, max_steps=episode_len, seed=seed,
                     num_blocks=num_blocks, block_size=block_size)
   for i in range(num_episodes):
