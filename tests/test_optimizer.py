@@ -11,6 +11,7 @@ from vlax.errors import VlaxError
 from vlax.training import optimizer as opt_lib
 from vlax.training import state as state_lib
 from vlax.training import train_step as step_lib
+from vlax.training.trainer import default_train_config
 
 import _train_utils as U
 
@@ -53,7 +54,8 @@ def test_schedules():
 def test_clip_by_global_norm():
   params = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
   tx, _, _ = opt_lib.make_optimizer(
-      {"name": "sgd", "lr": 1.0, "schedule": "constant", "clip_norm": 1.0}, params, 10)
+      {"name": "sgd", "lr": 1.0, "schedule": "constant", "warmup_steps": 0,
+       "clip_norm": 1.0}, params, 10)
   grads = {"a": jnp.full(3, 10.0), "b": jnp.full((2, 2), -10.0)}
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(float(optax.global_norm(updates)), 1.0, rtol=1e-5)
@@ -74,7 +76,8 @@ def test_decay_mask_and_adamw_decay():
   assert real == {"llm": {"embedder": {"input_embedding": False}, "final_norm": {"scale": False}},
                   "img": {"pos_embedding": False, "embedding": {"kernel": True}}}
   tx, _, _ = opt_lib.make_optimizer(
-      {"name": "adamw", "lr": 0.1, "schedule": "constant", "weight_decay": 0.5}, params, 10)
+      {"name": "adamw", "lr": 0.1, "schedule": "constant", "warmup_steps": 0,
+       "weight_decay": 0.5}, params, 10)
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
   new = optax.apply_updates(params, updates)
@@ -93,8 +96,8 @@ def _toy_step(opt_config, accum=1, frozen_patterns=""):
 
 
 def test_frozen_params_stay_bit_identical():
-  cfg = {"name": "adamw", "lr": 1e-2, "schedule": "constant", "weight_decay": 0.1,
-         "clip_norm": 1.0}
+  cfg = {"name": "adamw", "lr": 1e-2, "schedule": "constant", "warmup_steps": 0,
+         "weight_decay": 0.1, "clip_norm": 1.0}
   params, tx, step, frozen = _toy_step(cfg, frozen_patterns="^img_proj/,^norm/")
   state = state_lib.create(params, tx, jax.random.key(1))
   before = jax.device_get(state.params)
@@ -128,3 +131,15 @@ def test_grad_accumulation_matches_big_batch(name):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                s4.params, s1.params)
   assert int(s4.step) == 1
+
+
+def test_one_default_per_key():
+  """The training config's optimizer section is optimizer.DEFAULTS, and make_optimizer
+  fills missing keys from it (no second set of defaults)."""
+  assert default_train_config().optimizer.to_dict() == opt_lib.DEFAULTS
+  params = _params()
+  _, sched, frozen = opt_lib.make_optimizer({}, params, 1000)
+  assert float(sched(0)) == 0.0  # warmup_steps: 100
+  assert float(sched(opt_lib.DEFAULTS["warmup_steps"])) == pytest.approx(
+      opt_lib.DEFAULTS["lr"])
+  assert not any(jax.tree.leaves(frozen))

@@ -19,6 +19,7 @@ import re
 from typing import Any, Mapping, Sequence
 
 import jax
+import ml_collections
 import optax
 
 from vlax.errors import VlaxError
@@ -26,6 +27,27 @@ from vlax.utils import path_str  # (also this module's public name for it)
 
 DEFAULT_NO_DECAY = (r"bias$", r"scale$", r"norm", r"LayerNorm", r"pos_embedding$",
                     r"input_embedding$")
+
+# `config.optimizer`: the one default of every key (the training config's section is a
+# copy of this; `make_optimizer` fills missing keys from here and nowhere else).
+DEFAULTS: dict[str, Any] = {
+    "name": "adamw",          # 'adamw' | 'adafactor' | 'sgd'
+    "lr": 3e-4,               # peak learning rate
+    "warmup_steps": 100,      # linear 0 -> lr
+    "schedule": "cosine",     # after warmup: 'cosine' | 'linear' | 'constant'
+    "end_lr_ratio": 0.0,      # final lr = lr * end_lr_ratio
+    "weight_decay": 1e-4,     # decoupled (AdamW) / adafactor decay rate; 0 = off
+    "no_decay_patterns": ",".join(DEFAULT_NO_DECAY),  # regexes ('' = decay everything)
+    "clip_norm": 1.0,         # global-norm clipping over trainable params; 0 = off
+    "grad_accum_steps": 1,    # microbatches per optimizer step (read by the train step)
+    "freeze_patterns": "",    # regexes of frozen params, e.g. '^img/'
+    "b1": 0.9, "b2": 0.999, "eps": 1e-8,  # AdamW moments
+}
+
+
+def default_optimizer_config() -> ml_collections.ConfigDict:
+  """A fresh `config.optimizer` section holding DEFAULTS."""
+  return ml_collections.ConfigDict(dict(DEFAULTS))
 
 
 def _compile(patterns: Sequence[str] | str | None, what: str) -> list[re.Pattern]:
@@ -93,8 +115,8 @@ def make_optimizer(opt_config: Mapping[str, Any], params: Any, num_steps: int,
   """Builds the optax transform from `config.optimizer`.
 
   Args:
-    opt_config: keys name, lr, warmup_steps, schedule, end_lr_ratio, weight_decay,
-      no_decay_patterns, clip_norm, freeze_patterns, b1, b2, eps.
+    opt_config: `config.optimizer` (keys and defaults: DEFAULTS; a missing or None key
+      takes its default; 'momentum' is read for sgd only).
     params: a params pytree (arrays or ShapeDtypeStructs) to build the masks from.
     num_steps: total optimizer steps (schedule length).
     trainable: optional bool pytree like `params`; False leaves are frozen too (LoRA:
@@ -102,16 +124,15 @@ def make_optimizer(opt_config: Mapping[str, Any], params: Any, num_steps: int,
   Returns:
     (tx, schedule, frozen) with `frozen` a bool pytree (True = frozen).
   """
-  c = dict(opt_config)
-  name = c.get("name", "adamw")
-  sched = make_schedule(c.get("lr", 1e-4), num_steps, c.get("warmup_steps", 0),
-                        c.get("schedule", "cosine"), c.get("end_lr_ratio", 0.0))
-  wd = float(c.get("weight_decay", 0.0))
-  no_decay = c.get("no_decay_patterns", DEFAULT_NO_DECAY)
-  dmask = decay_mask(params, no_decay)
+  c = {**DEFAULTS, **{k: v for k, v in dict(opt_config).items() if v is not None}}
+  name = c["name"]
+  sched = make_schedule(c["lr"], num_steps, c["warmup_steps"], c["schedule"],
+                        c["end_lr_ratio"])
+  wd = float(c["weight_decay"])
+  dmask = decay_mask(params, c["no_decay_patterns"])
   if name == "adamw":
-    core = optax.adamw(sched, b1=c.get("b1", 0.9), b2=c.get("b2", 0.999),
-                       eps=c.get("eps", 1e-8), weight_decay=wd, mask=dmask)
+    core = optax.adamw(sched, b1=c["b1"], b2=c["b2"], eps=c["eps"], weight_decay=wd,
+                       mask=dmask)
   elif name == "adafactor":
     core = optax.adafactor(sched, weight_decay_rate=wd or None, weight_decay_mask=dmask,
                            multiply_by_parameter_scale=False, clipping_threshold=None)
@@ -120,12 +141,12 @@ def make_optimizer(opt_config: Mapping[str, Any], params: Any, num_steps: int,
   else:
     raise VlaxError(f"optimizer.name={name!r}: use 'adamw', 'adafactor' or 'sgd'")
   parts = []
-  clip = c.get("clip_norm", 0.0)
+  clip = c["clip_norm"]
   if clip and clip > 0:
     parts.append(optax.clip_by_global_norm(float(clip)))
   parts.append(core)
   tx = optax.chain(*parts)
-  frozen = frozen_mask(params, c.get("freeze_patterns", ()))
+  frozen = frozen_mask(params, c["freeze_patterns"])
   if trainable is not None:
     frozen = jax.tree.map(lambda f, t: bool(f) or not t, frozen, trainable)
   if any(jax.tree.leaves(frozen)):

@@ -132,12 +132,7 @@ def default_train_config() -> ml_collections.ConfigDict:
       # k >= 1 = nn.scan unrolled k layers at a time (1 = a rolled loop: fast compile for
       # deep models, the usual choice with remat on TPU). The param tree is the same.
       "scan_unroll": 0})
-  c.optimizer = ml_collections.ConfigDict({
-      "name": "adamw", "lr": 3e-4, "warmup_steps": 100, "schedule": "cosine",
-      "end_lr_ratio": 0.0, "weight_decay": 1e-4,
-      "no_decay_patterns": ",".join(optimizer_lib.DEFAULT_NO_DECAY),
-      "clip_norm": 1.0, "grad_accum_steps": 1, "freeze_patterns": "",
-      "b1": 0.9, "b2": 0.999, "eps": 1e-8})
+  c.optimizer = optimizer_lib.default_optimizer_config()  # one default per key, documented there
   c.logging = ml_collections.ConfigDict({
       "tensorboard": True, "wandb": False, "wandb_project": "vlax", "progress": True})
   return c
