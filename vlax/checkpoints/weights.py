@@ -1,7 +1,8 @@
 """Weights on disk -> params that fit a model config: the one place that does it.
 
-Every entry point that starts from stored weights goes through here: training's
-`init_from`, `vlax.Policy`, `vlax export` and `vlax eval`. The steps, each usable alone:
+Entry points that start from stored weights go through here: training's `init_from`,
+`vlax.Policy` and `vlax export` (`vlax eval` still reads checkpoints itself, with the
+same `merge_lora`: pending). The steps, each usable alone:
 
   load          any of: a vlax checkpoint (ROOT or ROOT/<step>, training or export
                 bundle), a Hugging Face PaliGemma directory, a big_vision .npz
@@ -23,7 +24,6 @@ from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vlax.checkpoints import format as ckpt_format
@@ -31,7 +31,7 @@ from vlax.checkpoints import hf_paligemma
 from vlax.checkpoints import pretrained
 from vlax.errors import VlaxError
 from vlax.models.config import VLAConfig
-from vlax.models.lora import LORA_A, LORA_B, has_lora, is_adapter, merge_adapters
+from vlax.models.lora import LORA_A, LORA_B, has_lora, is_adapter, merge_adapters  # pylint: disable=unused-import (re-exported)
 from vlax.models.vla import VLA, example_inputs
 from vlax.utils import flat_paths, path_str
 
