@@ -22,6 +22,7 @@ What it settles that raw Meta-World leaves open:
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -189,6 +190,10 @@ class MetaWorldEnv:
     if camera not in self.cameras:
       raise VlaxError(f"Meta-World env has no camera {camera!r}; use {self.cameras}")
     if self._renderer is None:
+      if "tensorflow" in sys.modules:
+        raise VlaxError("MuJoCo's EGL rendering crashes in a process that has imported "
+                        "TensorFlow; run the Meta-World env in its own process (as "
+                        "`vlax eval --env metaworld` and make_metaworld_demos.py do)")
       try:
         self._renderer = self._mujoco.Renderer(self._env.model, self.image_size,
                                                self.image_size)
