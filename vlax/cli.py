@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="--env metaworld: step cap per episode (default 200)")
   p.add_argument("--image-ablation", default=None, choices=["shuffle", "black"],
                  help="--env metaworld: images shuffled across episodes, or black")
+  p.add_argument("--baselines", default="expert,zero,random",
+                 help="--env metaworld: baselines on the same seeds ('' for none)")
   p.add_argument("--seed", type=int, default=0, help="--env: first episode seed")
   p.add_argument("--max-batches", type=int, default=None, help="limit offline eval batches")
   p.set_defaults(fn=_cmd_eval)

@@ -157,7 +157,7 @@ def plot_success(report: Mapping[str, Any], path: str) -> str:
   width = 0.8 / len(labels)
   for j, label in enumerate(labels):
     y = [report["tasks"][t]["success_rate"] if label == "policy" else
-         report["tasks"][t]["baselines"].get(label, np.nan) for t in tasks]
+         report["tasks"][t]["baselines"].get(label) for t in tasks]
     ax.bar(np.arange(len(tasks)) + j * width, [np.nan if v is None else v for v in y],
            width, label=label)
   ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2)

@@ -429,7 +429,9 @@ def main_eval(args, overrides: Sequence[str] = ()) -> dict[str, Any]:
         step=args.step, seed=int(getattr(args, "seed", None) or 0),
         execute_steps=getattr(args, "execute_steps", None),
         max_steps=int(getattr(args, "max_steps", None) or 200),
-        image_ablation=getattr(args, "image_ablation", None))
+        image_ablation=getattr(args, "image_ablation", None),
+        baselines=[b for b in getattr(args, "baselines", "expert,zero,random").split(",")
+                   if b.strip()])
   if env:
     from vlax.evaluation.rollout import evaluate_rollout  # pylint: disable=g-import-not-at-top
     if (overrides or getattr(args, "max_batches", None) is not None
