@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="--env metaworld: images shuffled across episodes, or black")
   p.add_argument("--baselines", default="expert,zero,random",
                  help="--env metaworld: baselines on the same seeds ('' for none)")
+  p.add_argument("--workers", type=int, default=1,
+                 help="--env metaworld: processes the tasks are split over")
   p.add_argument("--seed", type=int, default=0, help="--env: first episode seed")
   p.add_argument("--max-batches", type=int, default=None, help="limit offline eval batches")
   p.set_defaults(fn=_cmd_eval)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,8 @@ def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
 def _import_sim():
   """(mujoco, metaworld env classes, expert policies), with install / GL hints."""
   os.environ.setdefault("MUJOCO_GL", "egl")  # headless; must be set before mujoco loads
+  # The experts warn on every action they compute beyond [-1, 1]; vlax clips them.
+  warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
   try:
     import mujoco  # pylint: disable=g-import-not-at-top
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS  # pylint: disable=g-import-not-at-top

@@ -192,27 +192,107 @@ def format_table(report: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
+def _evaluate_task(policy: Any, task: str, episodes: int, seed: int, execute_steps: int,
+                   max_steps: int, image_size: int, baselines: Sequence[str],
+                   image_ablation: str | None, keep_videos: int
+                   ) -> tuple[dict[str, Any], list[tuple[np.ndarray, bool]]]:
+  """The policy and the baselines on one task: (report entry, [(frames, success)])."""
+  r = rollout_task(policy, task, episodes, seed, execute_steps, max_steps, image_size,
+                   _proprio_is_full(policy, mw_names.dataset_name(task)), image_ablation,
+                   keep_videos=keep_videos)
+  videos = list(zip(r.pop("frames"), r.pop("video_success")))
+  base = {b: rollout_task(b, task, episodes, seed, 1, max_steps, image_size)
+          for b in baselines}
+  entry = {"success_rate": r["success_rate"], "mean_steps": r["mean_steps"],
+           "successes": r["successes"], "episodes": r["episodes"],
+           "baselines": {b: v["success_rate"] for b, v in base.items()},
+           "baseline_mean_steps": {b: v["mean_steps"] for b, v in base.items()},
+           "success_per_episode": r["success_per_episode"],
+           "num_predictions": r["num_predictions"]}
+  return entry, videos
+
+
+def _load_policy(checkpoint: str, step: int | None):
+  from vlax.inference.policy import Policy  # pylint: disable=g-import-not-at-top
+  if os.path.isdir(os.path.join(checkpoint, "checkpoints")):  # a run's workdir
+    checkpoint = os.path.join(checkpoint, "checkpoints")
+  return checkpoint, Policy.from_checkpoint(checkpoint, step=step)
+
+
+def _worker(checkpoint: str, step: int | None, tasks: Sequence[str], kwargs: dict,
+            queue) -> None:
+  """Child process of `workers > 1`: its own Policy, a share of the tasks."""
+  try:
+    _, policy = _load_policy(checkpoint, step)
+    for task in tasks:
+      queue.put(("task", task, _evaluate_task(policy, task, **kwargs)))
+  except Exception as e:  # noqa: BLE001 - one line to the parent
+    queue.put(("error", None, f"{type(e).__name__}: {e}"))
+
+
+def _run_workers(checkpoint: str, step: int | None, tasks: Sequence[str], workers: int,
+                 kwargs: dict, print_fn) -> dict[str, Any]:
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  import queue as queue_lib  # pylint: disable=g-import-not-at-top
+  ctx = multiprocessing.get_context("spawn")
+  q = ctx.Queue()
+  procs = [ctx.Process(target=_worker, daemon=True,
+                       args=(checkpoint, step, list(tasks[i::workers]), kwargs, q))
+           for i in range(min(workers, len(tasks)))]
+  for p in procs:
+    p.start()
+  done: dict[str, Any] = {}
+  try:
+    while len(done) < len(tasks):
+      try:
+        kind, task, value = q.get(timeout=5)
+      except queue_lib.Empty:
+        if not any(p.is_alive() for p in procs):
+          raise VlaxError(f"Meta-World eval workers died (exit codes "
+                          f"{[p.exitcode for p in procs]})") from None
+        continue
+      if kind == "error":
+        raise VlaxError(f"Meta-World eval worker: {value}")
+      done[task] = value
+      if print_fn is not None:
+        print_fn(_task_line(task, value[0]))
+  finally:
+    for p in procs:
+      p.join(timeout=10)
+      if p.is_alive():
+        p.terminate()
+  return {t: done[t] for t in tasks}
+
+
+def _task_line(task: str, entry: Mapping[str, Any]) -> str:
+  return f"{task}: policy {entry['success_rate']:.2f} " + " ".join(
+      f"{b} {v:.2f}" for b, v in entry["baselines"].items())
+
+
 def evaluate_metaworld(checkpoint: str | None, out: str | None, tasks: str | Sequence[str],
                        episodes: int = 20, step: int | None = None, seed: int = 0,
                        execute_steps: int | None = None, max_steps: int = 200,
                        baselines: Sequence[str] = BASELINES, policy: Any = None,
                        image_ablation: str | None = None, videos_per_task: int = 2,
+                       workers: int = 1,
                        print_fn: Callable[[str], Any] | None = print) -> dict[str, Any]:
-  """Rolls the checkpoint's Policy (or `policy`) and the baselines out on `tasks`."""
+  """Rolls the checkpoint's Policy (or `policy`) and the baselines out on `tasks`.
+
+  workers > 1 splits the tasks over that many processes (each loads the checkpoint).
+  """
   from vlax.data import metaworld_env  # pylint: disable=g-import-not-at-top - needs [sim]
   task_list = metaworld_env.resolve_tasks(tasks)
   for b in baselines:
     if b not in BASELINES:
       raise VlaxError(f"unknown baseline {b!r}; use {BASELINES}")
+  if int(workers) < 1:
+    raise VlaxError(f"workers must be >= 1, got {workers}")
   if policy is None:
     if not checkpoint:
       raise VlaxError("evaluate_metaworld: give a checkpoint or a policy")
     if "://" not in checkpoint and not os.path.exists(checkpoint):
       raise VlaxError(f"checkpoint not found: {checkpoint}")
-    from vlax.inference.policy import Policy  # pylint: disable=g-import-not-at-top
-    if os.path.isdir(os.path.join(checkpoint, "checkpoints")):  # a run's workdir
-      checkpoint = os.path.join(checkpoint, "checkpoints")
-    policy = Policy.from_checkpoint(checkpoint, step=step)
+    checkpoint, policy = _load_policy(checkpoint, step)
   known = list(getattr(policy, "dataset_keys", None) or [])
   missing = [t for t in task_list if known and mw_names.dataset_name(t) not in known]
   if missing:
@@ -227,29 +307,27 @@ def evaluate_metaworld(checkpoint: str | None, out: str | None, tasks: str | Seq
       os.makedirs(os.path.join(out, "videos"), exist_ok=True)
     except OSError as e:
       raise VlaxError(f"cannot create output directory {out!r}: {e}") from e
+  kwargs = {"episodes": int(episodes), "seed": int(seed), "execute_steps": execute_steps,
+            "max_steps": int(max_steps), "image_size": image_size,
+            "baselines": tuple(baselines), "image_ablation": image_ablation,
+            "keep_videos": videos_per_task if out is not None else 0}
+  if int(workers) > 1 and checkpoint and len(task_list) > 1:
+    del policy  # each worker loads its own
+    done = _run_workers(checkpoint, step, task_list, int(workers), kwargs, print_fn)
+  else:
+    done = {}
+    for task in task_list:
+      done[task] = _evaluate_task(policy, task, **kwargs)
+      if print_fn is not None:
+        print_fn(_task_line(task, done[task][0]))
   results: dict[str, Any] = {}
   videos = []
-  for task in task_list:
-    r = rollout_task(policy, task, episodes, seed, execute_steps, max_steps, image_size,
-                     _proprio_is_full(policy, mw_names.dataset_name(task)), image_ablation,
-                     keep_videos=videos_per_task if out is not None else 0)
-    for i, (f, ok) in enumerate(zip(r.pop("frames"), r.pop("video_success"))):
+  for task, (entry, clips) in done.items():
+    results[task] = entry
+    for i, (frames, ok) in enumerate(clips):
       name = f"{task}_ep{i}_{'success' if ok else 'fail'}.gif"
-      videos.append(os.path.relpath(write_gif(f, os.path.join(out, "videos", name)), out))
-    base = {b: rollout_task(b, task, episodes, seed, 1, max_steps, image_size)
-            for b in baselines}
-    for b in base.values():
-      b.pop("frames")
-      b.pop("video_success")
-    results[task] = {"success_rate": r["success_rate"], "mean_steps": r["mean_steps"],
-                     "successes": r["successes"], "episodes": r["episodes"],
-                     "baselines": {b: v["success_rate"] for b, v in base.items()},
-                     "baseline_mean_steps": {b: v["mean_steps"] for b, v in base.items()},
-                     "success_per_episode": r["success_per_episode"],
-                     "num_predictions": r["num_predictions"]}
-    if print_fn is not None:
-      print_fn(f"{task}: policy {r['success_rate']:.2f} " + " ".join(
-          f"{b} {v['success_rate']:.2f}" for b, v in base.items()))
+      videos.append(os.path.relpath(write_gif(frames, os.path.join(out, "videos", name)),
+                                    out))
   report = {
       "format": REPORT_FORMAT, "env": "metaworld", "tasks": results,
       "average_success": float(np.mean([r["success_rate"] for r in results.values()])),

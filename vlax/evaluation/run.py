@@ -431,7 +431,8 @@ def main_eval(args, overrides: Sequence[str] = ()) -> dict[str, Any]:
         max_steps=int(getattr(args, "max_steps", None) or 200),
         image_ablation=getattr(args, "image_ablation", None),
         baselines=[b for b in getattr(args, "baselines", "expert,zero,random").split(",")
-                   if b.strip()])
+                   if b.strip()],
+        workers=int(getattr(args, "workers", None) or 1))
   if env:
     from vlax.evaluation.rollout import evaluate_rollout  # pylint: disable=g-import-not-at-top
     if (overrides or getattr(args, "max_batches", None) is not None
