@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="toy embodiment for --env (a, b, c; default: every toy dataset)")
   p.add_argument("--execute-steps", type=int, default=None,
                  help="--env: actions of each predicted chunk executed open-loop "
-                      "(default: 1 for toy_reach, 2 for metaworld)")
+                      "(default: 1 for toy_reach, 4 for metaworld)")
   p.add_argument("--tasks", default=None,
                  help="--env metaworld: mt10, mt50 or T1,T2 (required there)")
   p.add_argument("--max-steps", type=int, default=None,

@@ -32,7 +32,7 @@ from vlax.evaluation.rollout import _chunk_fn
 REPORT_FORMAT = "vlax-metaworld/1"
 BASELINES = ("expert", "zero", "random")
 ABLATIONS = ("shuffle", "black")
-DEFAULT_EXECUTE_STEPS = 2
+DEFAULT_EXECUTE_STEPS = 4  # the whole chunk of the MT10 config
 
 
 def _proprio_is_full(policy: Any, dataset: str) -> bool:
@@ -56,14 +56,23 @@ def _ablate(obs: list[dict[str, Any]], mode: str | None, rng: np.random.Generato
   return [{**o, **{k: obs[int(j)][k] for k in keys}} for o, j in zip(obs, perm)]
 
 
+def make_envs(task: str, n: int, image_size: int = 64, max_steps: int = 200,
+              full_state: bool = False) -> list:
+  from vlax.data import metaworld_env  # pylint: disable=g-import-not-at-top - needs [sim]
+  return [metaworld_env.MetaWorldEnv(task, image_size=image_size, max_steps=max_steps,
+                                     full_state=full_state, render_images=False)
+          for _ in range(n)]
+
+
 def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
                  execute_steps: int = DEFAULT_EXECUTE_STEPS, max_steps: int = 200,
                  image_size: int = 64, full_state: bool = False,
-                 image_ablation: str | None = None, keep_videos: int = 0
-                 ) -> dict[str, Any]:
+                 image_ablation: str | None = None, keep_videos: int = 0,
+                 envs: list | None = None) -> dict[str, Any]:
   """Runs one policy (a Policy, or "expert" / "zero" / "random") on `episodes` seeded
   layouts of `task`. Returns a JSON-safe summary (+ "frames" of the first keep_videos
-  episodes when images are rendered)."""
+  episodes when images are rendered). `envs`: reuse these (one per episode; reset here,
+  not closed) instead of building new ones."""
   from vlax.data import metaworld_env  # pylint: disable=g-import-not-at-top - needs [sim]
   if int(episodes) < 1:
     raise VlaxError(f"episodes must be >= 1, got {episodes}")
@@ -74,11 +83,20 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
   baseline = isinstance(policy, str)
   name = {"expert": "oracle"}.get(policy, policy) if baseline else policy
   n = int(episodes)
-  envs = [metaworld_env.MetaWorldEnv(task, image_size=image_size, max_steps=max_steps,
-                                     full_state=full_state, render_images=not baseline)
-          for _ in range(n)]
+  # Steps never render; observations with images are rendered only when the policy
+  # predicts (every `execute_steps` steps), only for running episodes, and for the GIFs.
+  own = envs is None
+  if own:
+    envs = make_envs(task, n, image_size, max_steps, full_state)
+  elif len(envs) != n:
+    raise VlaxError(f"rollout_task: {len(envs)} envs for {n} episodes")
+  looks = not baseline
   try:
     obs = [e.reset(metaworld_env.eval_seed(seed, i)) for i, e in enumerate(envs)]
+    if looks:
+      for e in envs:
+        e.render_images = True
+      obs = [e.observation() for e in envs]
     dataset = mw_names.dataset_name(task)
     label, chunk_fn = _chunk_fn(name, dataset, mw_names.ACTION_DIM,
                                 np.random.default_rng([int(seed), 17]))
@@ -94,6 +112,9 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
     predictions, t = 0, 0
     k = 1 if baseline else int(execute_steps)
     while t < max_steps and active.any():
+      if looks and t > 0:
+        for i in np.nonzero(active)[0]:
+          obs[i] = envs[i].observation()  # finished episodes keep their last frame
       chunks = np.asarray(chunk_fn(envs, _ablate(obs, image_ablation, ablate_rng)),
                           np.float32)
       predictions += 1
@@ -106,11 +127,15 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
         if t >= max_steps or not active.any():
           break
         for i in np.nonzero(active)[0]:
+          envs[i].render_images = False
           o, _, done, info = envs[i].step(chunks[i, j])
-          obs[i] = o
+          envs[i].render_images = looks
+          if not looks:
+            obs[i] = o
           steps[i] += 1
-          if i < keep:
-            frames[i].append(np.concatenate([o["image_primary"], o["image_wrist"]], 1))
+          if i < keep and (steps[i] % 2 == 0 or info["success"] or done):  # GIF: every other step
+            frames[i].append(np.concatenate([envs[i].render("primary"),
+                                             envs[i].render("wrist")], 1))
           if info["success"]:
             success[i] = True
             active[i] = False
@@ -119,7 +144,9 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
         t += 1
   finally:
     for e in envs:
-      e.close()
+      e.render_images = False
+      if own:
+        e.close()
   return {
       "policy": label, "task": task, "dataset": dataset, "episodes": n,
       "successes": int(success.sum()), "success_rate": float(success.mean()),
@@ -197,12 +224,17 @@ def _evaluate_task(policy: Any, task: str, episodes: int, seed: int, execute_ste
                    image_ablation: str | None, keep_videos: int
                    ) -> tuple[dict[str, Any], list[tuple[np.ndarray, bool]]]:
   """The policy and the baselines on one task: (report entry, [(frames, success)])."""
-  r = rollout_task(policy, task, episodes, seed, execute_steps, max_steps, image_size,
-                   _proprio_is_full(policy, mw_names.dataset_name(task)), image_ablation,
-                   keep_videos=keep_videos)
+  full = _proprio_is_full(policy, mw_names.dataset_name(task))
+  envs = make_envs(task, episodes, image_size, max_steps, full)  # shared by all policies
+  try:
+    r = rollout_task(policy, task, episodes, seed, execute_steps, max_steps, image_size,
+                     full, image_ablation, keep_videos=keep_videos, envs=envs)
+    base = {b: rollout_task(b, task, episodes, seed, 1, max_steps, image_size, full,
+                            envs=envs) for b in baselines}
+  finally:
+    for e in envs:
+      e.close()
   videos = list(zip(r.pop("frames"), r.pop("video_success")))
-  base = {b: rollout_task(b, task, episodes, seed, 1, max_steps, image_size)
-          for b in baselines}
   entry = {"success_rate": r["success_rate"], "mean_steps": r["mean_steps"],
            "successes": r["successes"], "episodes": r["episodes"],
            "baselines": {b: v["success_rate"] for b, v in base.items()},
