@@ -30,11 +30,11 @@ def get_config(arg: str | None = None):
   if opts - set(OPTIONS):
     raise ValueError(f"unknown option(s) {sorted(opts - set(OPTIONS))}; use {OPTIONS}")
   c = default_train_config()
-  c.num_steps = 1600  # what 2 busy CPU cores train in ~45 minutes (README "Meta-World")
+  c.num_steps = 900  # ~35 minutes on 2 shared CPU cores (README "Meta-World")
   c.batch_size = 16
   c.seed = 0
   c.log_every = 50
-  c.checkpoint_every = 400  # the learning curve's checkpoints
+  c.checkpoint_every = 300  # the learning curve's checkpoints
   c.keep_checkpoints = 20
   c.eval_every = 0
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
@@ -67,12 +67,12 @@ def get_config(arg: str | None = None):
 
   if "pretrain7" in opts:
     c.data.robot_datasets = "metaworld_mt10_pretrain7"
-    c.num_steps = 1200
+    c.num_steps = 600
   if "heldout3" in opts:
     c.data.robot_datasets = "metaworld_mt10_heldout3"
     c.reset_optimizer = True  # with init_from: a fresh optimizer, as in a fine-tune
-    c.num_steps = 300
-    c.checkpoint_every = 300
+    c.num_steps = 200
+    c.checkpoint_every = 200
     c.optimizer.lr = 3e-4
     c.optimizer.warmup_steps = 20
   return c
