@@ -91,7 +91,8 @@ def parse_episode(raw: dict[str, Any], path: str) -> dict[str, Any]:
   return {"images": images, "state": state, "action": action, "language": langs}
 
 
-def _features(first: dict[str, Any], encoding: str):
+def rlds_features(first: dict[str, Any], encoding: str):
+  """The TFDS features of episodes shaped like `first` (a `parse_episode` result)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   obs = {f"image_{c}": tfds.features.Image(shape=(None, None, 3), encoding_format=encoding)
          for c in first["images"]}
@@ -113,6 +114,22 @@ def _features(first: dict[str, Any], encoding: str):
   })
 
 
+def episode_example(ep: dict[str, Any], path: str) -> dict[str, Any]:
+  """A parsed episode -> one RLDS example (steps with is_first/is_last, reward at the end)."""
+  t = ep["action"].shape[0]
+  steps = []
+  for i in range(t):
+    obs = {f"image_{c}": v[i] for c, v in ep["images"].items()}
+    if ep["state"].shape[1]:
+      obs["state"] = ep["state"][i]
+    last = i == t - 1
+    steps.append({"observation": obs, "action": ep["action"][i],
+                  "language_instruction": ep["language"][i], "reward": float(last),
+                  "discount": 1.0, "is_first": i == 0, "is_last": last,
+                  "is_terminal": last})
+  return {"steps": steps, "episode_metadata": {"file_path": path}}
+
+
 def _episodes(files: list[str], first: dict[str, Any]) -> Iterator[dict[str, Any]]:
   from vlax.errors import VlaxError  # pylint: disable=g-import-not-at-top
   for path in files:
@@ -121,23 +138,15 @@ def _episodes(files: list[str], first: dict[str, Any]) -> Iterator[dict[str, Any
         ep["action"].shape[1] != first["action"].shape[1] or
         ep["state"].shape[1] != first["state"].shape[1]):
       raise VlaxError(f"{path}: cameras/action/state dims differ from {files[0]}")
-    t = ep["action"].shape[0]
-    steps = []
-    for i in range(t):
-      obs = {f"image_{c}": v[i] for c, v in ep["images"].items()}
-      if ep["state"].shape[1]:
-        obs["state"] = ep["state"][i]
-      last = i == t - 1
-      steps.append({"observation": obs, "action": ep["action"][i],
-                    "language_instruction": ep["language"][i], "reward": float(last),
-                    "discount": 1.0, "is_first": i == 0, "is_last": last,
-                    "is_terminal": last})
-    yield {"steps": steps, "episode_metadata": {"file_path": path}}
+    yield episode_example(ep, path)
 
 
 def registry_template(name: str, version: str, first: dict[str, Any],
-                      files: list[str]) -> str:
-  """Python source of a DatasetSpec for the converted data (edit, then register it)."""
+                      files: list[str], gripper_dims: list[int] | None = None) -> str:
+  """Python source of a DatasetSpec for the converted data (edit, then register it).
+
+  gripper_dims: action dimensions known to be grippers (kept raw); default: a guess.
+  """
   cams = list(first["images"])
   roles = {}
   for c in cams:
@@ -149,7 +158,14 @@ def registry_template(name: str, version: str, first: dict[str, Any],
   # Guess: a last action dim that only takes two values is a gripper -> keep raw.
   last_binary = adim > 1 and len(np.unique(a[:, -1])) <= 2
   mask = tuple([True] * (adim - 1) + [not last_binary]) if adim else ()
+  gripper_note = f"gripper guessed: {last_binary}"
+  if gripper_dims is not None:
+    mask = tuple(i not in gripper_dims for i in range(adim))
+    gripper_note = f"gripper dims by name: {list(gripper_dims)}"
   std_proprio = 'traj["observation"]["state"]' if pdim else "None"
+  # The default val split (train[95%:]) is empty below 20 episodes: evaluate on the last.
+  val_split = ("" if len(files) >= 20 else
+               f'    val_split="train[-1:]",  # {len(files)} episodes: the last (also trained on)\n')
   return f'''# Registry entry for {name} (converted from {len(files)} episodes). Check every line.
 from vlax.data.oxe.registry import ActionEncoding, DatasetSpec, register
 
@@ -170,12 +186,12 @@ register(DatasetSpec(
     action_dim={adim},
     proprio_dim={pdim},
     action_encoding=ActionEncoding.OTHER,  # e.g. EEF_DELTA_7, JOINT_POS
-    action_normalization_mask={mask!r},  # False = keep raw (gripper guessed: {last_binary})
+    action_normalization_mask={mask!r},  # False = keep raw ({gripper_note})
     proprio_normalization_mask={tuple([True] * pdim)!r},
     language_key="language_instruction",
     gripper="TODO: open=1 closed=0?",
     normalization_type="bounds",
-))
+{val_split}))
 '''
 
 
@@ -189,7 +205,7 @@ def convert_episodes(input_dir: str, name: str, data_dir: str, *, version: str =
   if not files:
     raise VlaxError(f"{input_dir}: no episode files ({', '.join(EXTS)})")
   first = parse_episode(_load(files[0]), files[0])
-  path = rlds.write_rlds(name, data_dir, _features(first, image_encoding),
+  path = rlds.write_rlds(name, data_dir, rlds_features(first, image_encoding),
                          _episodes(files, first), version=version, num_shards=num_shards,
                          description=f"converted from {input_dir}")
   return path, registry_template(name, version, first, files)

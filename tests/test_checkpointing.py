@@ -121,7 +121,7 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
 
     def gen():
       for step, b in enumerate(it, start=start_step + 1):
-        if step >= 5:  # the batch of step 5 onwards
+        if step >= 6:  # the batch of step 6 onwards (step 5 confirmed checkpoint 4)
           b = dict(b, images=np.full_like(b["images"], np.nan))
         yield b
 

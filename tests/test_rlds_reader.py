@@ -208,3 +208,33 @@ def test_more_hosts_than_files_slices_episodes(toy_dir):
   flat = sum(ids, [])
   assert all(ids) and len(flat) == len(set(flat))
   assert sorted(flat) == list(range(NUM_EPISODES))
+
+
+def test_sliced_split_with_fewer_files_than_hosts(toy_dir):
+  # "train[75%:]" is 3 episodes in one of the 4 files: the whole split has enough files
+  # for 2 hosts, the slice does not (the multi-host validation bug).
+  ids = [_episode_ids(rlds.read_trajectories("toy_reach_a", toy_dir, split="train[75%:]",
+                                             process_index=i, process_count=2))
+         for i in range(2)]
+  whole = _episode_ids(rlds.read_trajectories("toy_reach_a", toy_dir, split="train[75%:]",
+                                              process_index=0, process_count=1))
+  assert all(ids) and not set(ids[0]) & set(ids[1])
+  assert sorted(ids[0] + ids[1]) == sorted(whole) and len(whole) == 3
+
+
+def test_fewer_episodes_than_hosts_gives_each_host_one(toy_dir):
+  ids = [_episode_ids(rlds.read_trajectories("toy_reach_a", toy_dir, split="train[75%:]",
+                                             process_index=i, process_count=5))
+         for i in range(5)]
+  whole = _episode_ids(rlds.read_trajectories("toy_reach_a", toy_dir, split="train[75%:]",
+                                              process_index=0, process_count=1))
+  assert ids == [whole[:1], whole[1:2], whole[2:], whole[:1], whole[1:2]]
+
+
+def test_host_split_strings():
+  sizes = {"train": 1000, "val": 7}
+  assert rlds.host_split("train[95%:]", sizes, 0, 2) == "train[950:975]"
+  assert rlds.host_split("train[95%:]", sizes, 1, 2) == "train[975:1000]"
+  assert rlds.host_split("train[995:]+val", sizes, 1, 3) == "train[999:1000]+val[0:3]"
+  with pytest.raises(VlaxError, match="selects no episodes"):
+    rlds.host_split("train[5:5]", sizes, 0, 2, name="x")

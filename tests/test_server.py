@@ -106,3 +106,75 @@ def test_bad_requests_get_400_with_message(served):
   assert status == 404
   # Still serving after the errors.
   assert _call(url + "/act", good)[0] == 200
+
+
+def test_limits_are_checked_before_any_decoding(served, monkeypatch):
+  policy, url = served
+  obs = tp.make_observation(12)
+  good = _request(obs)
+
+  def must_not_run(*args, **kwargs):
+    raise AssertionError("predict_action reached with an over-limit request")
+
+  monkeypatch.setattr(policy, "predict_action", must_not_run)
+  obs_in = good["observation"]
+  cases = [
+      ({**good, "instruction": "x" * (server_lib.MAX_INSTRUCTION_CHARS + 1)}, "characters"),
+      ({**good, "observation": {**obs_in, "image_primary": {"b64": "AAAA",
+                                                           "shape": [-2, -2, 3]}}}, "[H, W, 3]"),
+      ({**good, "observation": {**obs_in, "image_primary": {"b64": "AAAA",
+                                                           "shape": [1, 1, 1, 3]}}}, "[H, W, 3]"),
+      ({**good, "observation": {**obs_in, "image_primary": {"b64": "AAAA",
+                                                           "shape": "4,4,3"}}}, "[H, W, 3]"),
+      ({**good, "observation": {**obs_in, "image_primary": {"b64": "A" * 400,
+                                                           "shape": [2, 2, 3]}}}, "longer"),
+      ({**good, "observation": {**obs_in, "proprio": [[1.0, 2.0]]}}, "flat list"),
+      ({**good, "observation": {**obs_in, "proprio": [0.0] * 5000}}, "flat list"),
+      ({**good, "observation": {f"image_{i}": None for i in range(100)}}, "entries"),
+  ]
+  for body, msg in cases:
+    status, out = _call(url + "/act", body)
+    assert status == 400 and msg in out["error"], (status, out)
+  # Over the body cap: 413 before reading it.
+  req = urllib.request.Request(url + "/act", data=b"{}", method="POST", headers={
+      "Content-Type": "application/json",
+      "Content-Length": str(server_lib.MAX_BODY_BYTES + 1)})
+  with pytest.raises(urllib.error.HTTPError) as e:
+    urllib.request.urlopen(req, timeout=60)
+  assert e.value.code == 413
+  # Not JSON by Content-Type (a cross-site form post): 415.
+  req = urllib.request.Request(url + "/act", data=json.dumps(good).encode(), method="POST",
+                               headers={"Content-Type": "text/plain"})
+  with pytest.raises(urllib.error.HTTPError) as e:
+    urllib.request.urlopen(req, timeout=60)
+  assert e.value.code == 415
+
+
+def test_a_stalled_client_is_dropped_and_others_are_served(served):
+  import socket  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  policy, _ = served
+  srv = server_lib.make_server(policy, "127.0.0.1", 0, read_timeout=0.5)
+  thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
+                            daemon=True)
+  thread.start()
+  host, port = srv.server_address[:2]
+  try:
+    stalled = socket.create_connection((host, port), timeout=30)
+    stalled.sendall(b"POST /act HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 1000\r\n\r\n{\"instr")
+    start = time.time()
+    assert _call(f"http://{host}:{port}/health")[0] == 200  # not blocked by it
+    assert stalled.recv(1024) == b""  # the server hung up on it
+    assert time.time() - start < 20
+    stalled.close()
+  finally:
+    srv.shutdown()
+    srv.server_close()
+    thread.join(timeout=10)
+
+
+def test_port_out_of_range_is_a_one_line_error():
+  from vlax.errors import VlaxError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(VlaxError, match="0..65535"):
+    server_lib.serve("/nonexistent", port=99999)

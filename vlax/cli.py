@@ -1,4 +1,4 @@
-"""`vlax <command>`: train, eval, stats, inspect-data, import-paligemma, export.
+"""`vlax <command>`: train, plan, eval, stats, inspect-data, import-paligemma, export.
 
 Every command reports bad input as one line `error: ...` naming the culprit and exits 2;
 `--debug` (or VLAX_DEBUG=1) shows the full traceback instead.
@@ -47,9 +47,12 @@ def _data_fns(workdir: str):
 
   def settings():
     root = os.path.join(workdir, "checkpoints")
-    if ckpt_format.latest_step(root) is None:
-      return None
-    return ckpt_format.read_metadata(root).get("action_tokenizer") or None
+    for step in reversed(ckpt_format.all_steps(root)):  # newest readable (restore walks
+      try:                                              # back past unreadable steps too)
+        return ckpt_format.read_metadata(root, step).get("action_tokenizer") or None
+      except VlaxError:
+        continue
+    return None
 
   def train_fn(config, process_index, process_count, start_step):
     return cotrain.make_data_iterator(
@@ -112,9 +115,26 @@ def _cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
 
 def _cmd_serve(args: argparse.Namespace, overrides: list[str]) -> None:
   del overrides
+  if args.protocol == "openpi":
+    from vlax.inference.openpi_server import serve_openpi
+    serve_openpi(args.checkpoint, host=args.host, port=args.port, step=args.step,
+                 dataset=args.dataset, key_map_path=args.key_map,
+                 warmup=not args.no_warmup,
+                 max_message_bytes=int(args.max_message_mb * (1 << 20)),
+                 idle_timeout_s=args.idle_timeout)
+    return
+  if args.key_map:
+    raise VlaxError("--key-map is for --protocol openpi")
   from vlax.inference.server import serve
   serve(args.checkpoint, host=args.host, port=args.port, step=args.step,
         dataset=args.dataset, warmup=not args.no_warmup)
+
+
+def _cmd_plan(args: argparse.Namespace, overrides: list[str]) -> None:
+  # Compile for the TPU topology on this host's CPU: never reach for a local TPU.
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  from vlax.training.plan import main_plan
+  main_plan(args.config, args.topology, overrides, args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-batches", type=int, default=None, help="limit offline eval batches")
   p.set_defaults(fn=_cmd_eval)
 
+  p = sub.add_parser("plan", help="compile the train step for a TPU topology (CPU only)",
+                     description="Compile the real train step for a TPU slice on this host "
+                     "(libtpu's topology description) and print HBM per chip, fits, "
+                     "collectives and step-time / MFU estimates as JSON.")
+  p.add_argument("--config", default=None,
+                 help="config file (path.py[:arg]); default: the embedded debug config")
+  p.add_argument("--topology", required=True,
+                 help="Cloud accelerator name (v5p-128, v4-128, v5e-256, v6e-64) or a "
+                 "topology (v5p:4x4x4)")
+  p.add_argument("--out", default=None, help="also write the plan JSON here")
+  p.set_defaults(fn=_cmd_plan)
+
   p = sub.add_parser("stats", help="compute (and cache) a dataset's normalization statistics")
   p.add_argument("--dataset", required=True)
   p.add_argument("--data-dir", required=True)
@@ -188,13 +220,23 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--keep-lora", action="store_true", help="do not merge LoRA adapters")
   p.set_defaults(fn=_cmd_export)
 
-  p = sub.add_parser("serve", help="serve a policy over HTTP (JSON; localhost by default)")
+  p = sub.add_parser("serve", help="serve a policy over HTTP (JSON) or openpi's websocket "
+                     "protocol (localhost by default)")
   p.add_argument("checkpoint")
   p.add_argument("--step", type=int, default=None)
   p.add_argument("--dataset", default=None, help="statistics key (robot) to unnormalize with")
   p.add_argument("--host", default="127.0.0.1")
   p.add_argument("--port", type=int, default=8000)
   p.add_argument("--no-warmup", action="store_true")
+  p.add_argument("--protocol", default="http", choices=("http", "openpi"),
+                 help="http: vlax's JSON API; openpi: openpi's websocket policy protocol")
+  p.add_argument("--key-map", default=None,
+                 help="openpi: JSON file mapping client observation keys to cameras, state "
+                      "and prompt (one map or {dataset: map}; default: LIBERO's keys)")
+  p.add_argument("--max-message-mb", type=float, default=8.0,
+                 help="openpi: largest request accepted (MiB)")
+  p.add_argument("--idle-timeout", type=float, default=300.0,
+                 help="openpi: seconds a connection may wait between requests")
   p.set_defaults(fn=_cmd_serve)
   return parser
 
@@ -212,8 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     rest, overrides = _split_config_overrides(argv)
     args = build_parser().parse_args(rest)
-    if overrides and args.command not in ("train", "eval"):
-      raise VlaxError(f"--config.* overrides are only for train/eval, not {args.command!r}")
+    if overrides and args.command not in ("train", "eval", "plan"):
+      raise VlaxError(f"--config.* overrides are only for train/eval/plan, not "
+                      f"{args.command!r}")
     fn: Callable[[argparse.Namespace, list[str]], None] = args.fn
     fn(args, overrides)
     return 0
@@ -226,6 +269,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if debug:
       raise
     print(f"error: file not found: {e.filename or e}", file=sys.stderr)
+    return 2
+  except OSError as e:  # permission, disk full, not a directory, ...
+    if debug:
+      raise
+    print(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
+          file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)

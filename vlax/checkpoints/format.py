@@ -124,6 +124,15 @@ def latest_step(root: str) -> int | None:
   return steps[-1] if steps else None
 
 
+def short_error(e: BaseException, limit: int = 160) -> str:
+  """`Type: first line of the message`, capped (orbax/TensorStore errors run to pages)."""
+  lines = str(e).strip().splitlines()
+  first = lines[0].split(" See full TensorStore details")[0] if lines else ""
+  if len(first) > limit:
+    first = first[:limit] + "..."
+  return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def _check_json(metadata: dict[str, Any]) -> dict[str, Any]:
   for key, value in metadata.items():
     try:
@@ -175,7 +184,8 @@ def read_metadata(path: str, step: int | None = None) -> dict[str, Any]:
     out = mngr.restore(step, args=ocp.args.Composite(**{
         METADATA_ITEM: ocp.args.JsonRestore()}))[METADATA_ITEM]
   except Exception as e:  # pylint: disable=broad-except
-    raise VlaxError(f"cannot read metadata of checkpoint {step_dir}: {e}") from e
+    raise VlaxError(f"cannot read metadata of checkpoint {step_dir}: {short_error(e)}"
+                    ) from None
   finally:
     mngr.close()
   if not isinstance(out, dict) or "model" not in out:
@@ -226,7 +236,8 @@ def load_params(path: str, step: int | None = None,
   except VlaxError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise VlaxError(f"cannot restore params of checkpoint {step_dir}: {e}") from e
+    raise VlaxError(f"cannot restore params of checkpoint {step_dir}: {short_error(e)}"
+                    ) from None
   finally:
     mngr.close()
   return params, metadata

@@ -93,11 +93,26 @@ def _read_json(path: str) -> dict[str, Any]:
     raise VlaxError(f"cannot read {path} as JSON: {e}") from None
 
 
+def _positive(section: dict[str, Any], key: str, where: str, kind: type):
+  """section[key] as a positive int / float; VlaxError naming the key otherwise (a
+  config.json with "hidden_size": "big" or 1152.5 is bad input, not a traceback)."""
+  v = section.get(key)
+  ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+  if ok and kind is int:
+    ok = float(v).is_integer()
+  if not ok:
+    what = "a positive integer" if kind is int else "a positive number"
+    raise VlaxError(f"{where}.{key} must be {what}, got {v!r}")
+  return kind(v)
+
+
 def read_config(path: str):
   """The VLAConfig of a HF PaliGemma directory's config.json."""
   from vlax.models.config import GemmaConfig, SigLIPConfig, VLAConfig  # pylint: disable=g-import-not-at-top
   cfg_path = os.path.join(path, "config.json")
   cfg = _read_json(cfg_path)
+  if not isinstance(cfg, dict):
+    raise VlaxError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
   model_type = cfg.get("model_type")
   if model_type != "paligemma":
     raise VlaxError(f"{cfg_path}: model_type is {model_type!r}, expected 'paligemma' "
@@ -127,27 +142,33 @@ def read_config(path: str):
     raise VlaxError(f"{cfg_path}: text_config activation "
                     f"{text.get('hidden_activation', text.get('hidden_act'))!r} is not "
                     "supported (Gemma uses tanh-approximate gelu)")
-  projection_dim = cfg.get("projection_dim", vision.get("projection_dim", 2048))
-  if projection_dim != text["hidden_size"]:
+  vi = lambda k: _positive(vision, k, f"{cfg_path}: vision_config", int)  # pylint: disable=unnecessary-lambda-assignment
+  ti = lambda k: _positive(text, k, f"{cfg_path}: text_config", int)  # pylint: disable=unnecessary-lambda-assignment
+  projection_dim = _positive({"projection_dim": cfg.get(
+      "projection_dim", vision.get("projection_dim", 2048))}, "projection_dim", cfg_path, int)
+  if projection_dim != ti("hidden_size"):
     raise VlaxError(f"{cfg_path}: projection_dim {projection_dim} differs from "
                     f"text_config.hidden_size {text['hidden_size']}")
-  head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+  head_dim = (ti("head_dim") if text.get("head_dim") is not None
+              else ti("hidden_size") // ti("num_attention_heads"))
   try:
     return VLAConfig(
         vision=SigLIPConfig(
-            image_size=int(vision["image_size"]), patch_size=int(vision["patch_size"]),
-            width=int(vision["hidden_size"]), depth=int(vision["num_hidden_layers"]),
-            mlp_dim=int(vision["intermediate_size"]),
-            num_heads=int(vision["num_attention_heads"]),
-            layer_norm_eps=float(vision["layer_norm_eps"])),
+            image_size=vi("image_size"), patch_size=vi("patch_size"),
+            width=vi("hidden_size"), depth=vi("num_hidden_layers"),
+            mlp_dim=vi("intermediate_size"), num_heads=vi("num_attention_heads"),
+            layer_norm_eps=_positive(vision, "layer_norm_eps",
+                                     f"{cfg_path}: vision_config", float)),
         llm=GemmaConfig(
-            vocab_size=int(text["vocab_size"]), width=int(text["hidden_size"]),
-            depth=int(text["num_hidden_layers"]),
-            mlp_dim=int(text["intermediate_size"]),
-            num_heads=int(text["num_attention_heads"]),
-            num_kv_heads=int(text["num_key_value_heads"] or text["num_attention_heads"]),
-            head_dim=int(head_dim), rms_norm_eps=float(text["rms_norm_eps"]),
-            rope_theta=float(rope_theta)))
+            vocab_size=ti("vocab_size"), width=ti("hidden_size"),
+            depth=ti("num_hidden_layers"), mlp_dim=ti("intermediate_size"),
+            num_heads=ti("num_attention_heads"),
+            num_kv_heads=(ti("num_key_value_heads") if text.get("num_key_value_heads")
+                          else ti("num_attention_heads")),
+            head_dim=head_dim,
+            rms_norm_eps=_positive(text, "rms_norm_eps", f"{cfg_path}: text_config", float),
+            rope_theta=_positive({"rope_theta": rope_theta}, "rope_theta",
+                                 f"{cfg_path}: text_config", float)))
   except VlaxError as e:
     raise VlaxError(f"{cfg_path}: {e}") from None
 

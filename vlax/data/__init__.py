@@ -9,6 +9,7 @@ Modules (one concept each):
   statistics     streaming per-dataset statistics with a content-hashed JSON cache
   images         decode, resize, seeded stateless augmentation
   mixture        weights, thread allocation, seeded interleave
+  seeds          stream/element seeds folded mod 2**63 (no overflow at any step or seed)
   robot          make_robot_dataset: the whole robot pipeline from a config
   inspect        library side of `vlax inspect-data` and `vlax stats`
   toy_env        ToyReachEnv, the environment behind the toy datasets

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from vlax.data import seeds as seeds_lib
 from vlax.data.sequence import DataCounters, SequenceBuilder
 from vlax.errors import VlaxError
 
@@ -82,7 +83,7 @@ def mix(robot, web, *, per_host_batch: int, web_weight: float = 0.5,
     return web
   if not web_schedule and not 0.0 <= web_weight <= 1.0:
     raise VlaxError(f"web_weight must be in [0, 1], got {web_weight}")
-  host_seed = np.int64(seed) * 1_000_003 + process_index
+  host_seed = seeds_lib.fold(seed, process_index)
   start = int(start_step) * per_host_batch
 
   def choose(i):
@@ -420,7 +421,7 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
   seed = int(config.get("seed", 0))
 
   def data_seed(step: int) -> int:  # shuffle / augmentation / web seeds of a start step
-    return seed + 7919 * int(step)
+    return seeds_lib.step_seed(seed, step)
   image_size = int(d.image_size)
   entries = _robot_entries(d.robot_datasets)
   names = [n for n, _ in entries]

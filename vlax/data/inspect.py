@@ -8,6 +8,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vlax.errors import VlaxError
+
 
 def summarize_batch(batch: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   """Every key ('/'-joined) -> shape, dtype; masks also their sum; actions min/max;
@@ -46,9 +48,10 @@ def inspect_data(datasets: Sequence[str], data_dir: str, batch_size: int = 8, *,
   (finite, in order, no augmentation) over each dataset's *train* split (validation
   splits of small datasets can be empty), so the output is reproducible.
   """
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+    raise VlaxError(f"--batch-size must be a positive integer, got {batch_size!r}")
   from vlax.data import rlds, robot  # pylint: disable=g-import-not-at-top
   from vlax.data.oxe import registry  # pylint: disable=g-import-not-at-top
-  from vlax.errors import VlaxError  # pylint: disable=g-import-not-at-top
   names = [n for n, _ in robot.mixture_lib.parse_datasets(list(datasets))]
   splits = split or {n: registry.get_spec(n).train_split for n in names}
   ds, stats = robot.make_robot_dataset(

@@ -12,10 +12,16 @@ What you get per element (a *raw trajectory*, see `vlax.data.oxe.registry`):
   * `_episode_id`: tf.string [T] "<file>__<index>" naming the record file and episode,
     used by every in-graph error message.
 
-Per-host sharding: each of `process_count` hosts reads a disjoint subset of the split:
-whole files (`tfds.ReadConfig(input_context=...)`) when the split has at least as many
-files as hosts, else an even slice of the episodes (`tfds.even_splits`). Defaults come
-from `jax.process_index()/process_count()`.
+Per-host sharding (`host_episode_ranges`): the split - sliced or not, e.g.
+"train[95%:]" - is resolved to absolute episode indices, and each of `process_count`
+hosts reads one contiguous range of them (TFDS reads only the files that range touches,
+skipping within at most two boundary files). The ranges are disjoint, cover every episode
+once per epoch, and differ in size by at most one episode, whatever the number of files
+(a 5 % validation slice of a 1024-file dataset spans ~52 files: fewer than 64 hosts).
+A split with fewer episodes than hosts cannot be shared out; each host then reads one
+episode (host i: episode i mod E), so every host can still draw the dataset at its
+mixture weight and each episode sits on floor/ceil(H/E) hosts. Defaults come from
+`jax.process_index()/process_count()`.
 
 Empty episodes are an error (policy, documented): a 0-step episode almost always means a
 broken conversion, and silently skipping it would hide that. Pass `empty_episodes="skip"`
@@ -116,6 +122,61 @@ def num_episodes(builder, split: str) -> int | None:
     return None
 
 
+class _NumExamples:
+  """What `ReadInstruction.to_absolute` reads from a SplitInfo."""
+
+  def __init__(self, n: int):
+    self.num_examples = int(n)
+
+
+def host_episode_ranges(split: str, split_sizes: Mapping[str, int], process_index: int,
+                        process_count: int, name: str = "") -> list[tuple[str, int, int]]:
+  """This host's episodes of `split` as [(base split, start, stop)] (absolute indices).
+
+  split_sizes: episodes per base split ({"train": 1000, "val": 50}). The split's parts
+  ("train[:10%]+val") are laid end to end; with E episodes and H hosts, host i gets
+  [i*E//H, (i+1)*E//H) of them, or episode i mod E when E < H (see the module docstring).
+  Pure: the simulated-pod test calls it for hundreds of hosts without any data.
+  """
+  try:
+    parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(
+        {k: _NumExamples(v) for k, v in split_sizes.items()})
+  except (KeyError, ValueError, AssertionError) as e:
+    raise VlaxError(f"dataset {name!r}: bad split {split!r} (splits: {dict(split_sizes)}): "
+                    f"{e}") from None
+  ranges = []
+  for p in parts:
+    n = int(split_sizes[p.splitname])
+    start = 0 if p.from_ is None else int(p.from_)
+    stop = n if p.to is None else int(p.to)
+    if stop > start:
+      ranges.append((p.splitname, start, stop))
+  total = sum(b - a for _, a, b in ranges)
+  if total == 0:
+    raise VlaxError(f"dataset {name!r}: split {split!r} selects no episodes "
+                    f"(episodes per split: {dict(split_sizes)})")
+  if total >= process_count:
+    lo = process_index * total // process_count
+    hi = (process_index + 1) * total // process_count
+  else:
+    lo = process_index % total
+    hi = lo + 1
+  out, offset = [], 0
+  for base, a, b in ranges:
+    s, e = max(lo, offset), min(hi, offset + b - a)
+    if e > s:
+      out.append((base, a + s - offset, a + e - offset))
+    offset += b - a
+  return out
+
+
+def host_split(split: str, split_sizes: Mapping[str, int], process_index: int,
+               process_count: int, name: str = "") -> str:
+  """`host_episode_ranges` as a TFDS split string, e.g. "train[950:965]"."""
+  return "+".join(f"{base}[{a}:{b}]" for base, a, b in host_episode_ranges(
+      split, split_sizes, process_index, process_count, name))
+
+
 def read_trajectories(name: str, data_dir: str, *, version: str | None = None,
                       split: str = "train", shuffle_files: bool = False,
                       seed: int | None = None, process_index: int | None = None,
@@ -138,27 +199,14 @@ def read_trajectories(name: str, data_dir: str, *, version: str | None = None,
     process_count = pc if process_count is None else process_count
   if not 0 <= process_index < process_count:
     raise VlaxError(f"process_index {process_index} not in [0, {process_count})")
-  use_files = process_count > 1
   if process_count > 1:
-    base = split.split("[")[0]
-    try:
-      num_files = int(builder.info.splits[base].num_shards)
-    except Exception:  # pylint: disable=broad-except
-      num_files = 0
-    if num_files < process_count:
-      # Fewer files than hosts: slice by episodes instead (still disjoint per host).
-      use_files = False
-      split = tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
+    sizes = {k: int(v.num_examples) for k, v in builder.info.splits.items()}
+    split = host_split(split, sizes, process_index, process_count, name=name)
   kwargs = {}
   if num_parallel_reads is not None:
     kwargs["interleave_cycle_length"] = num_parallel_reads
     kwargs["num_parallel_calls_for_interleave_files"] = num_parallel_reads
-  read_config = tfds.ReadConfig(
-      shuffle_seed=seed, add_tfds_id=True,
-      input_context=(tf.distribute.InputContext(num_input_pipelines=process_count,
-                                                input_pipeline_id=process_index)
-                     if use_files else None),
-      **kwargs)
+  read_config = tfds.ReadConfig(shuffle_seed=seed, add_tfds_id=True, **kwargs)
   try:
     ds = builder.as_dataset(split=split, shuffle_files=shuffle_files,
                             decoders=_image_decoders(builder.info.features),

@@ -21,6 +21,7 @@ import tensorflow as tf
 from vlax.data import images as images_lib
 from vlax.data import mixture as mixture_lib
 from vlax.data import rlds
+from vlax.data import seeds as seeds_lib
 from vlax.data import traj as traj_lib
 from vlax.data import transforms
 from vlax.errors import VlaxError
@@ -294,7 +295,7 @@ def make_robot_dataset(
   total_threads = num_threads or 2 * cpus
   traj_threads = mixture_lib.allocate_threads(total_threads, probs)
   reads = mixture_lib.allocate_threads(read_threads or len(specs) + min(cpus, 4), probs)
-  host_seed = int(seed) * 1_000_003 + int(process_index)
+  host_seed = seeds_lib.fold(seed, process_index)
 
   streams = []
   for i, spec in enumerate(specs):
@@ -302,7 +303,7 @@ def make_robot_dataset(
     ds_split = ds_split or (spec.train_split if train else spec.val_split)
     ds = standardized_trajectories(
         spec, dir_for(spec.name), split=ds_split, cameras=cameras, with_images=True,
-        shuffle_files=train, seed=host_seed + i, process_index=process_index,
+        shuffle_files=train, seed=seeds_lib.wrap(host_seed + i), process_index=process_index,
         process_count=process_count, num_parallel_reads=reads[i],
         num_parallel_calls=traj_threads[i])
     if repeat:

@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import tensorflow as tf
 
+from vlax.data import seeds as seeds_lib
+
 AUTOTUNE = tf.data.AUTOTUNE
 Trajectory = dict[str, Any]
 Frame = dict[str, Any]
@@ -75,7 +77,8 @@ def with_index(ds: tf.data.Dataset, key: str = "_index") -> tf.data.Dataset:
 
 def element_seed(base_seed: int, index: tf.Tensor, salt: int = 0) -> tf.Tensor:
   """A stateless seed [2] for element `index` of a stream seeded with `base_seed`."""
-  return tf.stack([tf.cast(base_seed * 1000003 + salt, tf.int64), tf.cast(index, tf.int64)])
+  return tf.stack([tf.constant(seeds_lib.fold(base_seed, salt), tf.int64),
+                   tf.cast(index, tf.int64)])
 
 
 def with_budget(ds: tf.data.Dataset, *, threads: int | None = None,

@@ -38,6 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vlax.data import seeds as seeds_lib
 from vlax.data.sequence import DataCounters, filter_flagged
 from vlax.errors import VlaxError
 
@@ -433,7 +434,7 @@ def make_web_dataset(sources: Sequence[WebSource], *, image_size: tuple[int, int
     image_size = (image_size, image_size)
   counters = counters if counters is not None else DataCounters()
   checker = _Checker(on_error, counters, max_text_chars)
-  host_seed = int(seed) * 1_000_003 + int(process_index)
+  host_seed = seeds_lib.fold(seed, process_index)
   streams = []
   for i, src in enumerate(sources):
     ds = source_dataset(src, i, image_size=tuple(image_size), checker=checker,
@@ -441,7 +442,7 @@ def make_web_dataset(sources: Sequence[WebSource], *, image_size: tuple[int, int
     if repeat:
       ds = ds.repeat()
     if shuffle_buffer > 1:
-      ds = ds.shuffle(shuffle_buffer, seed=host_seed + i, reshuffle_each_iteration=True)
+      ds = ds.shuffle(shuffle_buffer, seed=seeds_lib.wrap(host_seed + i), reshuffle_each_iteration=True)
     streams.append(ds)
   if len(streams) == 1:
     return streams[0]

@@ -1,5 +1,5 @@
 """Inference: `Policy` (observation -> robot-unit actions), release bundles (the `export`
-submodule), a server.
+submodule), servers (JSON over HTTP; openpi's websocket protocol).
 
 Submodules are imported on first use so `import vlax.inference` stays cheap.
 """
@@ -14,6 +14,7 @@ _LAZY = {
     "ActionChunker": ("vlax.inference.policy", "ActionChunker"),
     "merge_lora": ("vlax.inference.export", "merge_lora"),
     "serve": ("vlax.inference.server", "serve"),
+    "serve_openpi": ("vlax.inference.openpi_server", "serve_openpi"),
 }
 
 

@@ -14,6 +14,13 @@ Endpoints:
 
 Bad requests get status 400 and {"error": message naming the field}; the server keeps
 running. Predictions are serialized with a lock (one model, one device).
+
+Limits (checked before any decoding, tokenizing or the lock): bodies up to
+MAX_BODY_BYTES, Content-Type application/json (else 415: a web page cannot post to a
+localhost server without a CORS preflight), instructions up to MAX_INSTRUCTION_CHARS,
+images up to MAX_IMAGE_SIDE pixels a side, at most MAX_OBSERVATION_KEYS observation
+entries and MAX_PROPRIO_DIMS proprio values; a client that sends less than its
+Content-Length (or goes idle) is dropped after READ_TIMEOUT_S.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import binascii
 import http.server
 import io
 import json
+import socket
 import threading
 import time
 from typing import Any, Mapping
@@ -31,7 +39,12 @@ import numpy as np
 
 from vlax.errors import VlaxError
 
-MAX_BODY_BYTES = 64 << 20
+MAX_BODY_BYTES = 8 << 20  # a few raw 640x480 cameras as base64
+MAX_INSTRUCTION_CHARS = 2000
+MAX_IMAGE_SIDE = 4096
+MAX_OBSERVATION_KEYS = 32
+MAX_PROPRIO_DIMS = 1024
+READ_TIMEOUT_S = 10.0
 ALLOWED_FIELDS = ("instruction", "observation", "dataset", "return_tokens")
 
 
@@ -55,11 +68,22 @@ def decode_image(value: Any, key: str) -> np.ndarray | None:
     if "b64" not in value or "shape" not in value:
       raise VlaxError(f"observation[{key!r}]: a raw image needs 'b64' and 'shape', got "
                       f"keys {sorted(value)}")
+    shape = value["shape"]
+    if (not isinstance(shape, (list, tuple)) or len(shape) != 3 or shape[2] != 3
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
+        or not all(0 < s <= MAX_IMAGE_SIDE for s in shape[:2])):
+      raise VlaxError(f"observation[{key!r}]: raw image 'shape' must be [H, W, 3] with "
+                      f"0 < H, W <= {MAX_IMAGE_SIDE}, got {str(shape)[:80]}")
+    if not isinstance(value["b64"], str):
+      raise VlaxError(f"observation[{key!r}]: 'b64' must be a base64 string")
+    if len(value["b64"]) > 4 * (int(np.prod(shape)) + 2) // 3 + 4:
+      raise VlaxError(f"observation[{key!r}]: 'b64' is longer than shape "
+                      f"{list(shape)} needs")
     try:
       data = base64.b64decode(value["b64"], validate=True)
-      shape = tuple(int(s) for s in value["shape"])
     except (binascii.Error, TypeError, ValueError) as e:
       raise VlaxError(f"observation[{key!r}]: bad raw image ({e})") from None
+    shape = tuple(shape)
     if int(np.prod(shape)) != len(data):
       raise VlaxError(f"observation[{key!r}]: {len(data)} bytes do not fill shape "
                       f"{list(shape)} (uint8)")
@@ -73,9 +97,14 @@ def decode_image(value: Any, key: str) -> np.ndarray | None:
     raise VlaxError(f"observation[{key!r}]: not valid base64 ({e})") from None
   from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
   try:
-    with Image.open(io.BytesIO(data)) as img:
+    with Image.open(io.BytesIO(data)) as img:  # reads the header only
+      if max(img.size) > MAX_IMAGE_SIDE:
+        raise VlaxError(f"observation[{key!r}]: image is {img.size[0]}x{img.size[1]}, "
+                        f"at most {MAX_IMAGE_SIDE} pixels a side are accepted")
       return np.asarray(img.convert("RGB"), np.uint8)
-  except (UnidentifiedImageError, OSError) as e:
+  except VlaxError:
+    raise
+  except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
     raise VlaxError(f"observation[{key!r}]: not a decodable image ({e})") from None
 
 
@@ -93,9 +122,15 @@ def parse_request(body: bytes) -> dict[str, Any]:
   instruction = req.get("instruction")
   if not isinstance(instruction, str) or not instruction.strip():
     raise VlaxError("request field 'instruction' must be a non-empty string")
+  if len(instruction) > MAX_INSTRUCTION_CHARS:
+    raise VlaxError(f"request field 'instruction' has {len(instruction)} characters, at "
+                    f"most {MAX_INSTRUCTION_CHARS} are accepted")
   obs_in = req.get("observation")
   if not isinstance(obs_in, dict):
     raise VlaxError("request field 'observation' must be an object of camera images")
+  if len(obs_in) > MAX_OBSERVATION_KEYS:
+    raise VlaxError(f"request field 'observation' has {len(obs_in)} entries, at most "
+                    f"{MAX_OBSERVATION_KEYS} are accepted")
   obs: dict[str, Any] = {}
   for key, value in obs_in.items():
     if key.startswith("image_") and key.endswith("_mask"):
@@ -103,10 +138,11 @@ def parse_request(body: bytes) -> dict[str, Any]:
     elif key.startswith("image_"):
       obs[key] = decode_image(value, key)  # None: camera missing (masked)
     elif key in ("proprio", "proprio_mask"):
-      try:
-        obs[key] = np.asarray(value, bool if key == "proprio_mask" else np.float32)
-      except (TypeError, ValueError) as e:
-        raise VlaxError(f"observation[{key!r}] must be a list of numbers: {e}") from None
+      if (not isinstance(value, list) or len(value) > MAX_PROPRIO_DIMS
+          or not all(isinstance(v, (int, float)) for v in value)):
+        raise VlaxError(f"observation[{key!r}] must be a flat list of at most "
+                        f"{MAX_PROPRIO_DIMS} numbers")
+      obs[key] = np.asarray(value, bool if key == "proprio_mask" else np.float32)
     else:
       raise VlaxError(f"unknown observation key {key!r} (expected image_<camera>, "
                       f"image_<camera>_mask, proprio, proprio_mask)")
@@ -129,13 +165,21 @@ def health(policy) -> dict[str, Any]:
           "max_len": policy.seq.max_len}
 
 
+def check_port(port: int) -> None:
+  if not isinstance(port, int) or not 0 <= port <= 65535:
+    raise VlaxError(f"--port must be in 0..65535 (0 = any free port), got {port}")
+
+
 def make_server(policy, host: str = "127.0.0.1", port: int = 8000,
-                verbose: bool = False) -> http.server.ThreadingHTTPServer:
+                verbose: bool = False, read_timeout: float = READ_TIMEOUT_S
+                ) -> http.server.ThreadingHTTPServer:
   """An HTTP server bound to (host, port) (port 0 = any free port), not yet serving."""
+  check_port(port)
   lock = threading.Lock()
 
   class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = read_timeout  # socket timeout: a stalled or idle client is dropped
 
     def log_message(self, format, *args):  # pylint: disable=redefined-builtin
       if verbose:
@@ -170,9 +214,29 @@ def make_server(policy, host: str = "127.0.0.1", port: int = 8000,
                     {"error": f"request needs a JSON body of 1..{MAX_BODY_BYTES} bytes "
                               f"(Content-Length {self.headers.get('Content-Length')})"})
         return
-      body = self.rfile.read(n)
+      ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+      if ctype != "application/json":
+        self.close_connection = True
+        self._reply(415, {"error": f"Content-Type must be application/json, got "
+                                   f"{self.headers.get('Content-Type')!r}"})
+        return
+      try:
+        body = self.rfile.read(n)
+      except (socket.timeout, OSError):
+        self.close_connection = True  # stalled client: drop it, free the thread
+        return
+      if len(body) != n:
+        self.close_connection = True
+        self._reply(400, {"error": f"request body has {len(body)} bytes, Content-Length "
+                                   f"says {n}"})
+        return
       try:
         req = parse_request(body)
+      except Exception as e:  # pylint: disable=broad-except  (malformed input: a 400)
+        self._reply(400, {"error": str(e) if isinstance(e, VlaxError) else
+                                   f"malformed request ({type(e).__name__}: {e})"})
+        return
+      try:
         start = time.perf_counter()
         with lock:
           out = policy.predict_action(req["observation"], req["instruction"],
@@ -204,6 +268,7 @@ def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000,
           verbose: bool = True) -> None:
   """Loads the policy and serves it until interrupted (Ctrl-C)."""
   from vlax.inference.policy import Policy  # pylint: disable=g-import-not-at-top
+  check_port(port)  # before the minutes of loading and warm-up
   policy = Policy(checkpoint, step, dataset)
   if warmup:  # compile every dataset's decode now, not on the first request
     for key in policy.dataset_keys if dataset is None else [policy.dataset]:

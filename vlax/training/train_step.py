@@ -95,8 +95,13 @@ def _split_microbatches(batch: Mapping[str, jax.Array], k: int, mesh: Mesh | Non
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: Callable, frozen: Any, *, num_datasets: int,
                     grad_accum_steps: int = 1, mesh: Mesh | None = None,
-                    lora_scale: float | None = None) -> Callable:
+                    lora_scale: float | None = None,
+                    grad_shardings: Any = None) -> Callable:
   """Returns step(state, batch) -> (state, metrics) (not jitted; see `jit_train_step`).
+
+  grad_shardings: the params' shardings. The gradients are pinned to them, so each
+  gradient is reduced straight into its FSDP shard whatever sharding propagation would
+  pick for it (the optimizer update then never sees a full-size gradient).
 
   metrics = {"sums": loss sums (see loss.loss_sums) + nonfinite,
              "last": {"loss", "grad_norm", "param_norm", "learning_rate"}}.
@@ -108,7 +113,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     sums = loss_lib.loss_sums(logits, batch, num_datasets)
     return sums["loss_sum"] / denom, sums
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  raw_grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def grad_fn(params, batch, denom):
+    out, grads = raw_grad_fn(params, batch, denom)
+    if grad_shardings is not None:
+      grads = jax.lax.with_sharding_constraint(grads, grad_shardings)
+    return out, grads
 
   def step(state: TrainState, batch: Mapping[str, jax.Array]):
     params = jax.tree.map(lambda f, p: jax.lax.stop_gradient(p) if f else p,
@@ -125,6 +136,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, s_acc, s)), None
 
       g0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+      if grad_shardings is not None:
+        g0 = jax.lax.with_sharding_constraint(g0, grad_shardings)
       mb0 = jax.tree.map(lambda x: x[0], micro)
       s0 = jax.tree.map(jnp.zeros_like,
                         jax.eval_shape(lambda p, b: loss_fn(p, b, denom)[1], params, mb0))
@@ -141,11 +154,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     new_state = state.replace(step=state.step + 1, params=new_params, opt_state=opt_state,
                               rng=jax.random.key_data(rng))
     sums = dict(sums)
-    sums["nonfinite"] = jnp.logical_not(
-        jnp.isfinite(loss) & jnp.isfinite(grad_norm)).astype(jnp.float32)
+    param_norm = optax.global_norm(new_params)
+    # nonfinite_loss: the old params (or the batch) are bad; nonfinite adds the new params
+    # overflowing (the update blew up): no checkpoint is saved from a window with either.
+    bad_loss = jnp.logical_not(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+    sums["nonfinite_loss"] = bad_loss.astype(jnp.float32)
+    sums["nonfinite"] = (bad_loss | ~jnp.isfinite(param_norm)).astype(jnp.float32)
     sums["steps"] = jnp.ones((), jnp.float32)
     last = {"loss": loss, "grad_norm": grad_norm,
-            "param_norm": optax.global_norm(new_params),
+            "param_norm": param_norm,
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32)}
     return new_state, {"sums": sums, "last": last}
 

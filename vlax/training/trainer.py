@@ -81,9 +81,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vlax.checkpoints import format as ckpt_format
 from vlax.errors import VlaxError
 from vlax.models import lora as lora_lib
 from vlax.training import checkpointing
+from vlax.training import config_checks
 from vlax.training import logging as logging_lib
 from vlax.training import loss as loss_lib
 from vlax.training import mesh as mesh_lib
@@ -235,9 +237,10 @@ class ModelSetup:
     self.batch_keys = tuple(k for k in step_lib.BATCH_KEYS if k in example_batch)
     dummy = dummy_inputs(example_batch)
     self._dummy = dummy
+    # The key is made inside eval_shape: no concrete array under the mesh context, so the
+    # mesh may be an abstract TPU topology (`vlax plan`).
     with self.context():
-      boxed = jax.eval_shape(lambda r: self.model.init(r, *dummy)["params"],
-                             jax.random.key(0))
+      boxed = jax.eval_shape(lambda: self.model.init(jax.random.key(0), *dummy)["params"])
     # Outside the mesh context: unboxing there would apply eager sharding constraints.
     self.params_sharding = sharding_lib.param_shardings(mesh, boxed)
     self.abstract_params = nn.unbox(boxed)
@@ -265,7 +268,8 @@ class ModelSetup:
     accum = int(_get(config.optimizer, "grad_accum_steps", 1))
     step_fn = step_lib.make_train_step(self.model, self.tx, self.schedule, self.frozen,
                                        num_datasets=num_datasets, grad_accum_steps=accum,
-                                       mesh=mesh, lora_scale=scale)
+                                       mesh=mesh, lora_scale=scale,
+                                       grad_shardings=self.params_sharding)
     self.train_step = step_lib.jit_train_step(step_fn, mesh, self.state_sharding,
                                               self.batch_keys)
     eval_fn = step_lib.make_eval_step(self.model, num_datasets=num_datasets,
@@ -507,12 +511,13 @@ def _prune_data_state(workdir: str, keep: set[int], pid: int) -> None:
 
 
 def _restore_data_state(data_it, workdir: str, step: int | None, pid: int,
-                        nproc: int) -> bool:
+                        nproc: int) -> bool | None:
   """Restores the iterator position saved with checkpoint `step` (same process count).
 
   Returns False (the stream is then re-seeded with the resume step) when there is no
-  state, the process count changed, or the state does not fit the pipeline (e.g. the
-  data config changed); the reason is printed, never silently ignored.
+  state or the process count changed, None when reading it failed (unreadable, or it
+  does not fit the pipeline, e.g. the data config changed: the iterator may be half
+  restored, the caller builds a fresh one); the reason is printed, never ignored.
   """
   if step is None or not hasattr(data_it, "restore_state"):
     return False
@@ -527,11 +532,106 @@ def _restore_data_state(data_it, workdir: str, step: int | None, pid: int,
     return False
   try:
     data_it.restore_state(os.fspath(d))
-  except VlaxError as e:
-    print(f"data state not restored ({e}); the input stream is re-seeded with the resume "
-          "step instead")
-    return False
+  except Exception as e:  # pylint: disable=broad-except  (truncated, garbage, config change)
+    why = e if isinstance(e, VlaxError) else ckpt_format.short_error(e)
+    print(f"data state not restored ({why}); the input stream is re-seeded with the "
+          "resume step instead")
+    return None
   return True
+
+
+def _write_config(workdir: str, config: Any) -> None:
+  """Creates WORKDIR and writes config.json: the first write, so an unusable workdir (a
+  file, read-only, no space) is a one-line error before any set-up."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise VlaxError(f"workdir {workdir} exists and is not a directory")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
+  except OSError as e:
+    raise VlaxError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
+
+
+def _open_data(data_iterator_fn, config, workdir: str, step: int | None, pid: int,
+               nproc: int):
+  """(iterator, metadata, restored): the pipeline for `step`, with its saved position
+  when that reads back; a state that fails half-way is dropped with a fresh iterator."""
+  it, meta = data_iterator_fn(config, pid, nproc, step or 0)
+  restored = _restore_data_state(it, workdir, step, pid, nproc)
+  if restored is None:
+    it, meta = data_iterator_fn(config, pid, nproc, step or 0)
+  return it, dict(meta or {}), bool(restored)
+
+
+def _reopen_data(data_iterator_fn, config, workdir: str, step: int, pid: int, nproc: int,
+                 local_bs: int):
+  """After restore fell back to an earlier `step`: its pipeline and first batch."""
+  it, _, restored = _open_data(data_iterator_fn, config, workdir, step, pid, nproc)
+  first = next(it)
+  _check_batch(first, local_bs, step)
+  return it, first, restored
+
+
+def _save(ckpt, data_it, workdir: str, step: int, state, metadata, metrics, pid: int,
+          nproc: int, *, save_data_state: bool, confirmed: bool = True) -> None:
+  """Data state first (a finalized checkpoint always has its data state), then the
+  async model save. Any write failure -> CheckpointSaveError with its files removed."""
+  if save_data_state and hasattr(data_it, "save_state"):
+    try:
+      _save_data_state(data_it, workdir, step, pid, nproc, ckpt)
+    except Exception as e:  # pylint: disable=broad-except  (disk full, permission, ...)
+      d = _data_state_dir(workdir, step, pid)
+      if d.exists():
+        d.rmtree()
+      good = ckpt.good_steps()
+      raise checkpointing.CheckpointSaveError(
+          f"saving the data state of step {step} to {d} failed "
+          f"({ckpt_format.short_error(e)}); partial files removed; last good checkpoint: "
+          f"{f'{ckpt.root}/{good[-1]}' if good else 'none'}") from None
+  ckpt.save(step, state, metadata, metrics=metrics, confirmed=confirmed)
+
+
+def _diverged(ckpt, sums, step: int, probed: int | None, resume_step: int | None):
+  """Raises TrainingDivergedError naming the newest good checkpoint.
+
+  `probed`: the checkpoint saved one step before `step`, whose state the loss of `step`
+  just tested. A NaN/Inf loss there makes it suspect: set aside as ROOT/<step>.diverged
+  (never resumed from); a finite loss with overflowing new params confirms it."""
+  bad_loss = float(sums["nonfinite_loss"]) > 0
+  note = ""
+  ckpt.wait(prune=False)
+  if probed is not None and bad_loss and probed == resume_step:
+    note = (f"The first step after resuming from {ckpt.root}/{probed} already has a "
+            "NaN/Inf loss: that checkpoint (or the data) is bad. ")
+  elif probed is not None and bad_loss:
+    moved = ckpt.set_aside(probed, "diverged")
+    note = (f"Checkpoint {probed}, saved one step before, gives a NaN/Inf loss: moved "
+            f"to {moved}. ")
+  elif probed is not None:
+    ckpt.confirm(probed)
+  good = [s for s in ckpt.good_steps() if not (bad_loss and s == probed)]
+  what = ("the loss or gradient norm" if bad_loss else
+          "the parameter norm (an update blew the weights up)")
+  raise TrainingDivergedError(
+      f"training diverged: {what} is NaN/Inf at a step in "
+      f"({step - int(sums['steps'])}, {step}]; nothing was saved for it. {note}"
+      f"Last good checkpoint: {f'{ckpt.root}/{good[-1]}' if good else 'none'}. "
+      "Try a lower optimizer.lr, more warmup or optimizer.clip_norm.")
+
+
+def _kept_steps(ckpt) -> set[int]:
+  try:
+    return set(ckpt.all_steps())
+  except Exception:  # pylint: disable=broad-except  (a closed manager)
+    return set(ckpt_format.all_steps(ckpt.root))
+
+
+def _close_quietly(ckpt) -> None:
+  try:
+    ckpt.close(prune=False)
+  except Exception:  # pylint: disable=broad-except
+    pass
 
 
 def train(config: Any, workdir: str, *,
@@ -545,7 +645,9 @@ def train(config: Any, workdir: str, *,
   written by process 0 only).
   Returns {'step': last step, 'preempted': bool, 'resumed_from': step or None,
   'metrics': last logged metrics, 'state': the final TrainState, 'seconds': float}. Raises TrainingDivergedError on NaN/Inf (nothing is
-  saved for the bad steps; earlier checkpoints are untouched), VlaxError on bad input.
+  saved for the bad steps; the error names the newest good checkpoint, which a re-run
+  resumes from), checkpointing.CheckpointSaveError when a save fails (training stops;
+  earlier checkpoints are intact), VlaxError on bad input.
   """
   t_start = time.time()
   preemption = _Preemption()  # first, so a SIGTERM during set-up is not fatal
@@ -558,6 +660,7 @@ def train(config: Any, workdir: str, *,
 
 def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, preemption,
            t_start):
+  config_checks.check_train_config(config)
   workdir = os.path.abspath(workdir)
   num_steps = int(config.num_steps)
   batch_size = int(config.batch_size)
@@ -573,9 +676,7 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
   eval_every = int(_get(config, "eval_every", 0)) if eval_iterator_fn else 0
 
   if pid == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
+    _write_config(workdir, config)
 
   ckpt = checkpointing.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=int(_get(config, "keep_checkpoints", 3)),
@@ -583,6 +684,7 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
       best_metric=_get(config, "best_metric", "loss"),
       async_save=bool(_get(config, "async_checkpointing", True)))
   logger = None
+  data_it = None
   try:
     resume_step = ckpt.latest_step()
     start_step = resume_step or 0
@@ -592,9 +694,8 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
                       "config): pass --config.init_from=PATH (a vlax checkpoint, an "
                       "export bundle or imported PaliGemma weights)")
 
-    data_it, data_meta = data_iterator_fn(config, pid, nproc, start_step)
-    data_meta = dict(data_meta or {})
-    data_restored = _restore_data_state(data_it, workdir, resume_step, pid, nproc)
+    data_it, data_meta, data_restored = _open_data(data_iterator_fn, config, workdir,
+                                                   resume_step, pid, nproc)
     dataset_names = list(data_meta.get("dataset_names", []))
     num_datasets = max(1, len(dataset_names), int(data_meta.get("num_datasets", 0) or 0))
     first = next(data_it)
@@ -616,15 +717,16 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
     seed = int(_get(config, "seed", 0))
     reset_opt = bool(_get(config, "reset_optimizer", False))
     if resume_step is not None:
-      restored, _ = ckpt.restore(resume_step, setup.abstract_state, setup.state_sharding,
-                                 restore_opt_state=not reset_opt)
+      found, restored = ckpt.restore_latest(setup.abstract_state, setup.state_sharding,
+                                            restore_opt_state=not reset_opt)
+      if found != resume_step:  # walked back past unreadable steps: data from `found`
+        resume_step = start_step = found
+        data_it, first, data_restored = _reopen_data(
+            data_iterator_fn, config, workdir, found, pid, nproc, local_bs)
       if reset_opt:
         fresh = setup.create_state(restored.params, seed, resume_step)
         restored = fresh.replace(rng=restored.rng)
       state = restored
-      if int(jax.device_get(state.step)) != resume_step:
-        raise VlaxError(f"checkpoint {ckpt.root}/{resume_step} holds step "
-                        f"{int(jax.device_get(state.step))}")
     else:
       init_from = _get(config, "init_from", "")
       params = (_load_init_params(init_from, setup, seed) if init_from
@@ -656,7 +758,9 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
     step = start_step
     acc = None
     last_metrics: dict[str, Any] = {}
-    last_saved = resume_step
+    # A periodic checkpoint is confirmed (may evict older ones) once the next step's loss
+    # is finite; that step is checked (one host sync per checkpoint).
+    unconfirmed = resume_step
     preempted = False
     pending = first
     pending_eval: dict[str, float] = {}
@@ -668,11 +772,11 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
           local = next(data_it)
         except StopIteration:
           logger.message(f"data iterator ended at step {step}")
-          if step > start_step and step != last_saved:
+          if step > start_step and step not in ckpt.all_steps():
             host = jax.device_get(acc) if acc is not None else None
             if host is None or host["sums"]["nonfinite"] == 0:
-              ckpt.save(step, state, metadata, metrics=dict(last_metrics))
-              last_saved = step
+              _save(ckpt, data_it, workdir, step, state, metadata, dict(last_metrics),
+                    pid, nproc, save_data_state=False)
           break
         _check_batch(local, local_bs, step)
       batch = mesh_lib.global_batch(_filter(local, setup.batch_keys), mesh)
@@ -680,23 +784,23 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
       step += 1
       acc = metrics if acc is None else _acc_jit(acc, metrics)
       logger.step(step)
+      ckpt.poll()  # a save that failed in the background stops the run here (host-only)
 
       is_last = step == num_steps
       is_log = step % log_every == 0 or is_last
       is_ckpt = (ckpt_every > 0 and step % ckpt_every == 0) or is_last
       is_eval = eval_every > 0 and (step % eval_every == 0 or is_last)
+      is_probe = unconfirmed is not None and step == unconfirmed + 1
       preempted = preemption.reached(step)
-      if not (is_log or is_ckpt or is_eval or preempted):
+      if not (is_log or is_ckpt or is_eval or preempted or is_probe):
         continue
       host = jax.device_get(acc)
       if host["sums"]["nonfinite"] > 0:
-        ckpt.wait()
-        raise TrainingDivergedError(
-            f"training diverged: loss or gradient norm is NaN/Inf at a step in "
-            f"({step - int(host['sums']['steps'])}, {step}]; nothing was saved for it. "
-            f"Last good checkpoint: "
-            f"{f'{ckpt.root}/{last_saved}' if last_saved is not None else 'none'}. "
-            "Try a lower optimizer.lr, more warmup or optimizer.clip_norm.")
+        _diverged(ckpt, host["sums"], step, unconfirmed if is_probe else None,
+                  resume_step)
+      if is_probe:
+        ckpt.confirm(unconfirmed)
+        unconfirmed = None
       if is_eval:
         pending_eval = _evaluate(setup, state.params, eval_iterator_fn, config,
                                  dataset_names, local_bs)
@@ -716,18 +820,29 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
         best = dict(last_metrics)
         if not is_log:
           best.update(loss_lib.summarize(host["sums"], dataset_names))
-        if save_data_state:
-          _save_data_state(data_it, workdir, step, pid, nproc, ckpt)
-        ckpt.save(step, state, metadata, metrics=best)
-        last_saved = step
+        # No next step to confirm the last / preemption save: the on-device check of
+        # this window (loss, gradient and new-param norms finite) is what vouches for it.
+        final = is_last or preempted
+        _save(ckpt, data_it, workdir, step, state, metadata, best, pid, nproc,
+              save_data_state=save_data_state, confirmed=final)
+        unconfirmed = None if final else step
       if preempted:
         logger.message(f"preemption: saved checkpoint at step {step}; exiting")
         break
+  except BaseException as e:
+    if isinstance(e, checkpointing.CheckpointSaveError):
+      _prune_data_state(workdir, _kept_steps(ckpt), pid)
+    _close_quietly(ckpt)  # the error in flight is the one to report
+    raise
   finally:
-    ckpt.close()
     if logger is not None:
       logger.close()
+  try:
+    ckpt.close()  # waits for the last save: it may still fail here
+  except checkpointing.CheckpointSaveError:
+    _prune_data_state(workdir, _kept_steps(ckpt), pid)
+    raise
   if hasattr(data_it, "save_state"):
-    _prune_data_state(workdir, set(ckpt.all_steps()), pid)
+    _prune_data_state(workdir, _kept_steps(ckpt), pid)
   return {"step": step, "preempted": preempted, "resumed_from": resume_step,
           "metrics": last_metrics, "state": state, "seconds": time.time() - t_start}
