@@ -16,6 +16,7 @@ the TPU compiler. From the executable:
     bytes accessed, scaled like its FLOPs for the loop bodies it counts once) and
     collective traffic (ring algorithm) at the chip's ICI bandwidth. Overlap is assumed
     perfect, so this is a lower bound on the step time (an upper bound on MFU).
+`VLAX_PLAN_DUMP_HLO=PATH` also writes the compiled HLO text there (to read it by hand).
 """
 
 from __future__ import annotations
