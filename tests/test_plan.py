@@ -19,7 +19,8 @@ needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
 PLAN_KEYS = ("topology", "chips", "mesh", "global_batch", "per_chip_batch",
              "hbm_per_chip_bytes", "hbm_capacity_bytes", "fits", "largest_buffers",
              "flops_per_step", "xla_cost", "collectives", "step_time_estimate_s", "bound",
-             "mfu_estimate", "examples_per_s_estimate", "compile_s", "assumed_chip")
+             "mfu_estimate", "examples_per_s_estimate", "compile_s", "assumed_chip",
+             "replicated_state")
 
 
 @pytest.mark.parametrize("name,topology,chips", [

@@ -160,12 +160,24 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="output directory for report.json and plots")
   p.add_argument("--config", default=None,
                  help="config for the eval data (default: the checkpoint's training config)")
-  p.add_argument("--env", default=None, help="closed-loop toy environment, e.g. toy_reach")
+  p.add_argument("--env", default=None,
+                 help="closed-loop environment: toy_reach or metaworld (needs .[sim])")
   p.add_argument("--episodes", type=int, default=20, help="episodes for --env")
   p.add_argument("--embodiment", default=None,
                  help="toy embodiment for --env (a, b, c; default: every toy dataset)")
-  p.add_argument("--execute-steps", type=int, default=1,
-                 help="--env: actions of each predicted chunk executed open-loop")
+  p.add_argument("--execute-steps", type=int, default=None,
+                 help="--env: actions of each predicted chunk executed open-loop "
+                      "(default: 1 for toy_reach, 4 for metaworld)")
+  p.add_argument("--tasks", default=None,
+                 help="--env metaworld: mt10, mt50 or T1,T2 (required there)")
+  p.add_argument("--max-steps", type=int, default=None,
+                 help="--env metaworld: step cap per episode (default 200)")
+  p.add_argument("--image-ablation", default=None, choices=["shuffle", "black"],
+                 help="--env metaworld: images shuffled across episodes, or black")
+  p.add_argument("--baselines", default="expert,zero,random",
+                 help="--env metaworld: baselines on the same seeds ('' for none)")
+  p.add_argument("--workers", type=int, default=1,
+                 help="--env metaworld: processes the tasks are split over")
   p.add_argument("--seed", type=int, default=0, help="--env: first episode seed")
   p.add_argument("--max-batches", type=int, default=None, help="limit offline eval batches")
   p.set_defaults(fn=_cmd_eval)

@@ -420,6 +420,19 @@ def main_eval(args, overrides: Sequence[str] = ()) -> dict[str, Any]:
   """`vlax eval` entry point (args: checkpoint, step, out, config, env, episodes,
   max_batches)."""
   env = getattr(args, "env", None)
+  if env == "metaworld":
+    from vlax.evaluation.metaworld_eval import evaluate_metaworld  # pylint: disable=g-import-not-at-top
+    if overrides or getattr(args, "config", None):
+      raise VlaxError("--config and --config.* are for the offline eval, not for --env")
+    return evaluate_metaworld(
+        args.checkpoint, args.out, _metaworld_tasks(args), episodes=int(args.episodes or 20),
+        step=args.step, seed=int(getattr(args, "seed", None) or 0),
+        execute_steps=getattr(args, "execute_steps", None),
+        max_steps=int(getattr(args, "max_steps", None) or 200),
+        image_ablation=getattr(args, "image_ablation", None),
+        baselines=[b for b in getattr(args, "baselines", "expert,zero,random").split(",")
+                   if b.strip()],
+        workers=int(getattr(args, "workers", None) or 1))
   if env:
     from vlax.evaluation.rollout import evaluate_rollout  # pylint: disable=g-import-not-at-top
     if (overrides or getattr(args, "max_batches", None) is not None
@@ -433,3 +446,11 @@ def main_eval(args, overrides: Sequence[str] = ()) -> dict[str, Any]:
                             seed=int(getattr(args, "seed", None) or 0))
   return evaluate_offline(args.checkpoint, args.out, step=args.step, config=args.config,
                           overrides=overrides, max_batches=args.max_batches)
+
+
+def _metaworld_tasks(args) -> str:
+  if getattr(args, "tasks", None):
+    return args.tasks
+  from vlax.data.oxe import metaworld  # pylint: disable=g-import-not-at-top
+  raise VlaxError(f"--env metaworld needs --tasks (mt10, mt50 or names such as "
+                  f"{metaworld.MT10[0]})")

@@ -21,6 +21,17 @@ class SigLIPConfig:
   mlp_dim: int = 4304
   num_heads: int = 16
   layer_norm_eps: float = 1e-6
+  # "patch": SigLIP's linear patch embedding (released weights). "conv": a small CNN
+  # (log2(patch_size) stride-2 3x3 convs) tokenizes the image at the same grid, as
+  # Octo does; it sees small objects far sooner when training from scratch.
+  stem: str = "patch"
+
+  def __post_init__(self):
+    if self.stem not in ("patch", "conv"):
+      raise VlaxError(f"model.vision.stem must be 'patch' or 'conv', got {self.stem!r}")
+    p = self.patch_size
+    if self.stem == "conv" and (p < 2 or p & (p - 1)):
+      raise VlaxError(f"model.vision.stem='conv' needs a power-of-two patch_size, got {p}")
 
   @property
   def num_patches(self) -> int:

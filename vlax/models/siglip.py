@@ -157,7 +157,11 @@ class SigLIP(nn.Module):
       raise ValueError(f"images must be [B, N, {c.image_size}, {c.image_size}, 3], "
                        f"got {images.shape}")
     x = jnp.asarray(images, self.dtype).reshape(b * n, h, w, ch)
-    x = nn.Conv(c.width, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size),
+    patch = c.patch_size
+    if c.stem == "conv":
+      x = self._conv_stem(x)
+      patch = 1  # the stem already reduced the image to the patch grid
+    x = nn.Conv(c.width, (patch, patch), strides=(patch, patch),
                 padding="VALID", dtype=self.dtype, param_dtype=self.param_dtype,
                 kernel_init=_P(nn.initializers.lecun_normal(), (None, None, None, "vit_embed")),
                 bias_init=_P(nn.initializers.zeros_init(), ("vit_embed",)), name="embedding")(x)
@@ -173,3 +177,15 @@ class SigLIP(nn.Module):
                  bias_init=_P(nn.initializers.zeros_init(), ("embed",)), name="head")(x)
     x = x.reshape(b, n * c.num_patches, self.out_width)
     return nn.with_logical_constraint(x, ("batch", "act_length", "act_embed"))
+
+  def _conv_stem(self, x):
+    """log2(patch_size) x (3x3 conv, stride 2, GroupNorm, ReLU); 32, 64, ... channels."""
+    c = self.config
+    for i in range(int(c.patch_size).bit_length() - 1):
+      ch = min(c.width, 32 * 2 ** i)
+      x = nn.Conv(ch, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype,
+                  param_dtype=self.param_dtype, name=f"stem_conv{i}")(x)
+      x = nn.GroupNorm(num_groups=min(8, ch), dtype=self.dtype,
+                       param_dtype=self.param_dtype, name=f"stem_norm{i}")(x)
+      x = nn.relu(x)
+    return x

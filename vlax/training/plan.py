@@ -16,6 +16,7 @@ the TPU compiler. From the executable:
     bytes accessed, scaled like its FLOPs for the loop bodies it counts once) and
     collective traffic (ring algorithm) at the chip's ICI bandwidth. Overlap is assumed
     perfect, so this is a lower bound on the step time (an upper bound on MFU).
+`VLAX_PLAN_DUMP_HLO=PATH` also writes the compiled HLO text there (to read it by hand).
 """
 
 from __future__ import annotations
@@ -284,6 +285,23 @@ def _largest_state_buffers(setup, top: int = 5) -> list[dict[str, Any]]:
   return rows[:top]
 
 
+def _replicated_state(setup) -> dict[str, Any]:
+  """Params / optimizer state left whole on every chip (no mesh axis divides their dims)."""
+  flat = jax.tree_util.tree_flatten_with_path(setup.abstract_params)[0]
+  shards = jax.tree.leaves(setup.params_sharding,
+                           is_leaf=lambda s: isinstance(s, NamedSharding))
+  total, names = 0, []
+  for (path, leaf), sh in zip(flat, shards):
+    if setup.mesh.size > 1 and sh.shard_shape(tuple(leaf.shape)) == tuple(leaf.shape):
+      n = math.prod(leaf.shape)
+      total += n
+      if n >= 1_000_000:
+        names.append(optimizer_lib.path_str(path))
+  # f32 params + two Adam-sized moments (an estimate for other optimizers).
+  return {"params": int(total), "bytes_per_chip_estimate": int(total * 12),
+          "largest": names[:8]}
+
+
 _SCALE = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _SIZE = r"([0-9.]+)([KMGT]?)i?B?"
 
@@ -491,6 +509,7 @@ def plan(config: Any, topology: str, hbm_capacity_bytes: int | None = None
       "fits": fits,
       "largest_buffers": _largest_state_buffers(setup, 3) + _largest_hlo_values(hlo, 4),
       "largest_per_chip_batch_estimate": largest,
+      "replicated_state": _replicated_state(setup),
       "xla_cost": {"flops": xla_flops, "bytes_accessed": xla_bytes,
                    "optimal_seconds": float(cost.get("optimal_seconds", -1.0)),
                    "loop_factor": round(loop_factor, 2),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 
+from vlax.data.oxe import metaworld as _mw
 from vlax.errors import VlaxError
 
 # Octo's "magic soup" (25 datasets). Octo reads BridgeData V2 from the 1.0.0 release.
@@ -59,6 +60,11 @@ MIXTURES: dict[str, tuple[tuple[str, float], ...]] = {
     "toy": (("toy_reach_a", 1.0), ("toy_reach_b", 1.0)),
     # A robot the debug pretraining never saw (experiments/finetune_new_robot.py).
     "toy_new_robot": (("toy_reach_c", 1.0),),
+    # Meta-World expert demos (registered by vlax.data.oxe.metaworld).
+    "metaworld_mt10": tuple((_mw.dataset_name(t), 1.0) for t in _mw.MT10),
+    "metaworld_mt10_pretrain7": tuple((_mw.dataset_name(t), 1.0) for t in _mw.MT10
+                                      if t not in _mw.HELDOUT3),
+    "metaworld_mt10_heldout3": tuple((_mw.dataset_name(t), 1.0) for t in _mw.HELDOUT3),
 }
 
 

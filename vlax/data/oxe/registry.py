@@ -81,7 +81,7 @@ class DatasetSpec:
 
 _REGISTRY: dict[str, DatasetSpec] = {}
 # Modules whose import registers specs; loaded on first lookup.
-_CATALOG_MODULES = ("vlax.data.oxe.datasets", "vlax.data.oxe.toy")
+_CATALOG_MODULES = ("vlax.data.oxe.datasets", "vlax.data.oxe.toy", "vlax.data.oxe.metaworld")
 _catalog_loaded = False
 
 
