@@ -98,20 +98,9 @@ def rlds_features(first: dict[str, Any], encoding: str):
          for c in first["images"]}
   if first["state"].shape[1]:
     obs["state"] = tfds.features.Tensor(shape=(first["state"].shape[1],), dtype=np.float32)
-  return tfds.features.FeaturesDict({
-      "steps": tfds.features.Dataset({
-          "observation": obs,
-          "action": tfds.features.Tensor(shape=(first["action"].shape[1],),
-                                         dtype=np.float32),
-          "language_instruction": tfds.features.Text(),
-          "reward": tfds.features.Scalar(dtype=np.float32),
-          "discount": tfds.features.Scalar(dtype=np.float32),
-          "is_first": tfds.features.Scalar(dtype=np.bool_),
-          "is_last": tfds.features.Scalar(dtype=np.bool_),
-          "is_terminal": tfds.features.Scalar(dtype=np.bool_),
-      }),
-      "episode_metadata": {"file_path": tfds.features.Text()},
-  })
+  from vlax.data import rlds  # pylint: disable=g-import-not-at-top
+  return rlds.episode_features(obs, first["action"].shape[1],
+                               {"file_path": tfds.features.Text()})
 
 
 def episode_example(ep: dict[str, Any], path: str) -> dict[str, Any]:
@@ -220,12 +209,19 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--image_encoding", default="jpeg", choices=("jpeg", "png"))
   p.add_argument("--num_shards", type=int, default=1)
   args = p.parse_args(argv)
+  return report(lambda: convert_episodes(args.input_dir, args.name, args.data_dir,
+                                         version=args.version,
+                                         image_encoding=args.image_encoding,
+                                         num_shards=args.num_shards))
+
+
+def report(convert) -> int:
+  """Runs `convert() -> (path, registration)` for a command line: the registration on
+  stdout (to save as a VLAX_DATASETS file), the path on stderr, bad input as one `error:`
+  line and exit status 2."""
   from vlax.errors import VlaxError  # pylint: disable=g-import-not-at-top
   try:
-    path, template = convert_episodes(args.input_dir, args.name, args.data_dir,
-                                      version=args.version,
-                                      image_encoding=args.image_encoding,
-                                      num_shards=args.num_shards)
+    path, template = convert()
   except VlaxError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

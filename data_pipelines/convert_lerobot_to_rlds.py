@@ -356,17 +356,10 @@ def main(argv: list[str] | None = None) -> int:
   # TensorFlow's C++ INFO/oneDNN lines stay out of the terminal (set before TF loads).
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-  try:
-    path, template = convert_lerobot(args.input, args.name, args.data_dir,
-                                     version=args.version,
-                                     image_encoding=args.image_encoding,
-                                     num_shards=args.num_shards)
-  except VlaxError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(f"# wrote {path}", file=sys.stderr)
-  print(template)
-  return 0
+  return episodes_rlds.report(lambda: convert_lerobot(args.input, args.name, args.data_dir,
+                                                     version=args.version,
+                                                     image_encoding=args.image_encoding,
+                                                     num_shards=args.num_shards))
 
 
 if __name__ == "__main__":

@@ -330,6 +330,27 @@ def iterate(ds: tf.data.Dataset, context: str = "",
 # Writer: small RLDS datasets from in-memory episodes (toy data, converters, tests).
 
 
+def episode_features(observation: Mapping[str, Any], action_dim: int,
+                     episode_metadata: Mapping[str, Any]) -> tfds.features.FeaturesDict:
+  """The RLDS episode layout every vlax writer uses: `steps` of `observation`, a float32
+  action, the instruction and RLDS's reward / discount / boundary flags, plus
+  `episode_metadata`. Writers differ only in their cameras, proprio and metadata."""
+  scalar = lambda dtype: tfds.features.Scalar(dtype=dtype)
+  return tfds.features.FeaturesDict({
+      "steps": tfds.features.Dataset({
+          "observation": dict(observation),
+          "action": tfds.features.Tensor(shape=(int(action_dim),), dtype=tf.float32),
+          "language_instruction": tfds.features.Text(),
+          "reward": scalar(tf.float32),
+          "discount": scalar(tf.float32),
+          "is_first": scalar(tf.bool),
+          "is_last": scalar(tf.bool),
+          "is_terminal": scalar(tf.bool),
+      }),
+      "episode_metadata": dict(episode_metadata),
+  })
+
+
 def write_rlds(name: str, data_dir: str, features: Any, episodes: Sequence[Mapping] |
                Iterable[Mapping], *, version: str = "1.0.0", num_shards: int = 1,
                description: str = "", split: str = "train") -> str:

@@ -116,24 +116,15 @@ def features(image_size: int):
   """TFDS features of a Meta-World demo dataset (RLDS layout, JPEG images)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top - TF is heavy
+  from vlax.data import rlds  # pylint: disable=g-import-not-at-top - TF is heavy
   img = lambda: tfds.features.Image(shape=(image_size, image_size, 3),
                                     encoding_format="jpeg")
   vec = lambda n: tfds.features.Tensor(shape=(n,), dtype=np.float32)
-  return tfds.features.FeaturesDict({
-      "steps": tfds.features.Dataset({
-          "observation": {"image": img(), "wrist_image": img(), "state": vec(PROPRIO_DIM),
-                          "full_state": vec(FULL_STATE_DIM)},
-          "action": vec(ACTION_DIM),
-          "language_instruction": tfds.features.Text(),
-          "reward": tfds.features.Scalar(dtype=np.float32),
-          "discount": tfds.features.Scalar(dtype=np.float32),
-          "is_first": tfds.features.Scalar(dtype=np.bool_),
-          "is_last": tfds.features.Scalar(dtype=np.bool_),
-          "is_terminal": tfds.features.Scalar(dtype=np.bool_),
-      }),
-      "episode_metadata": {"episode_id": tfds.features.Scalar(dtype=np.int32),
-                           "seed": tfds.features.Scalar(dtype=np.int64)},
-  })
+  obs = {"image": img(), "wrist_image": img(), "state": vec(PROPRIO_DIM),
+         "full_state": vec(FULL_STATE_DIM)}
+  return rlds.episode_features(obs, ACTION_DIM,
+                               {"episode_id": tfds.features.Scalar(dtype=np.int32),
+                                "seed": tfds.features.Scalar(dtype=np.int64)})
 
 
 def _expert_worker(task: str, num_episodes: int, image_size: int, seed: int,

@@ -79,19 +79,9 @@ def toy_features(embodiment: str, image_size: int):
                                                         dtype=np.float32)}
   if "wrist" in e["cameras"]:
     obs["wrist_image"] = img()
-  return tfds.features.FeaturesDict({
-      "steps": tfds.features.Dataset({
-          "observation": obs,
-          "action": tfds.features.Tensor(shape=(e["action_dim"],), dtype=np.float32),
-          "language_instruction": tfds.features.Text(),
-          "reward": tfds.features.Scalar(dtype=np.float32),
-          "discount": tfds.features.Scalar(dtype=np.float32),
-          "is_first": tfds.features.Scalar(dtype=np.bool_),
-          "is_last": tfds.features.Scalar(dtype=np.bool_),
-          "is_terminal": tfds.features.Scalar(dtype=np.bool_),
-      }),
-      "episode_metadata": {"episode_id": tfds.features.Scalar(dtype=np.int32)},
-  })
+  from vlax.data import rlds  # pylint: disable=g-import-not-at-top
+  return rlds.episode_features(obs, e["action_dim"],
+                               {"episode_id": tfds.features.Scalar(dtype=np.int32)})
 
 
 def toy_episodes(embodiment: str, num_episodes: int, *, image_size: int = 64,
