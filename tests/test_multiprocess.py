@@ -49,6 +49,11 @@ def run_workers(workdir, n, extra=(), timeout=240):
            "--process_id", str(i), "--port", str(port), "--devices", "4", *extra]
     procs.append(subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True))
+  return wait_all(procs, timeout)
+
+
+def wait_all(procs, timeout: float) -> list[str]:
+  """The outputs of processes that must all exit 0 (any still running is killed)."""
   outs = []
   try:
     for p in procs:

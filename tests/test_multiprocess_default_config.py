@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import vlax
-from test_multiprocess import free_port
+from test_multiprocess import free_port, wait_all
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,16 +44,7 @@ def test_default_config_two_processes_with_validation(tmp_path):
            "--config.logging.tensorboard=False"]
     procs.append(subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path)))
-  outs = []
-  try:
-    for p in procs:
-      outs.append(p.communicate(timeout=420)[0])
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-4000:]
+  outs = wait_all(procs, timeout=420)
   summaries = [json.loads(o.strip().splitlines()[-1]) for o in outs]
   assert [s["step"] for s in summaries] == [4, 4]
 
