@@ -17,6 +17,7 @@ import json
 import sys
 import time
 
+from vlax.data import metaworld_demos
 from vlax.errors import VlaxError
 
 
@@ -32,12 +33,11 @@ def main(argv=None) -> int:
   try:
     if args.episodes < 1:
       raise VlaxError(f"--episodes must be >= 1, got {args.episodes}")
-    from vlax.data.oxe import metaworld  # pylint: disable=g-import-not-at-top
     t0 = time.time()
-    out = metaworld.write_demos(args.data_dir, args.tasks, num_episodes=args.episodes,
-                                image_size=args.image_size, seed=args.seed,
-                                max_steps=args.max_steps,
-                                log=lambda m: print(m, file=sys.stderr, flush=True))
+    out = metaworld_demos.write_demos(
+        args.data_dir, args.tasks, num_episodes=args.episodes, image_size=args.image_size,
+        seed=args.seed, max_steps=args.max_steps,
+        log=lambda m: print(m, file=sys.stderr, flush=True))
   except VlaxError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

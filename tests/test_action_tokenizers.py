@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vlax.actions import (ActionVocab, BinTokenizer, FASTTokenizer, default_action_vocab,
-                          make_action_tokenizer, tokenizer_from_dict)
+                          fit_action_tokenizer, make_action_tokenizer, tokenizer_from_dict)
 from vlax.errors import VlaxError
 
 
@@ -64,6 +64,27 @@ def test_quantile_bins_equalize_usage_on_skewed_data():
   err = lambda tok: np.mean([np.abs(tok.decode(tok.encode(c), 4, 3) - c).mean()
                              for c in data[:200]])
   assert err(q) < 0.5 * err(u)
+
+
+def test_fit_action_tokenizer_on_chunks_of_mixed_action_dims():
+  rng = np.random.default_rng(1)
+  chunks = _noisy(rng, 40, k=4, a=3) + [c ** 3 for c in _noisy(rng, 60, k=4, a=5)]
+  quantile = fit_action_tokenizer(BinTokenizer(num_bins=8, strategy="quantile"), chunks)
+  # Dims 0-2 are fitted over all 100 chunks, dims 3-4 only over the 5-D ones.
+  cubed = np.concatenate([c[:, 3:] for c in chunks[40:]]).reshape(-1, 2)
+  want = BinTokenizer(num_bins=8, strategy="quantile").fit(cubed)
+  np.testing.assert_allclose(quantile.edges[3:], want.edges)
+  all3 = np.concatenate([c[:, :3] for c in chunks])
+  np.testing.assert_allclose(quantile.edges[:3],
+                             BinTokenizer(num_bins=8, strategy="quantile").fit(all3).edges)
+  fast = fit_action_tokenizer(FASTTokenizer(vocab_size=256, scale=10.0), chunks)
+  assert fast.to_dict() == FASTTokenizer(vocab_size=256, scale=10.0).fit(chunks).to_dict()
+  uniform = BinTokenizer(num_bins=8)
+  assert fit_action_tokenizer(uniform, chunks) is uniform and uniform.edges is None
+  with pytest.raises(VlaxError, match="no action chunks"):
+    fit_action_tokenizer(FASTTokenizer(), [])
+  with pytest.raises(VlaxError, match="different lengths"):
+    fit_action_tokenizer(BinTokenizer(strategy="quantile"), [chunks[0], chunks[0][:2]])
 
 
 def test_quantile_requires_fit():

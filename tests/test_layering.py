@@ -122,10 +122,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     ("vlax.training.trainer", "vlax.models.presets"): _TRAINER_SPLIT,
     ("vlax.training.trainer", "vlax.models.sharding"): _TRAINER_SPLIT,
     ("vlax.training.trainer", "vlax.models.vla"): _TRAINER_SPLIT,
-    ("vlax.data.oxe.metaworld", "multiprocessing"): _METAWORLD,
-    ("vlax.data.oxe.metaworld", "numpy"): _METAWORLD,
-    ("vlax.data.oxe.metaworld", "vlax.data.metaworld_env"): _METAWORLD,
-    ("vlax.data.oxe.metaworld", "vlax.errors"): _METAWORLD,
     ("vlax.evaluation.metaworld_eval", "PIL"): _METAWORLD,
     ("vlax.evaluation.metaworld_eval", "multiprocessing"): _METAWORLD,
     ("vlax.evaluation.metaworld_eval", "queue"): _METAWORLD,
@@ -138,7 +134,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
 
 # Import cycles still to break (sorted module names) -> why.
 KNOWN_CYCLES: dict[tuple[str, ...], str] = {
-    ("vlax.data.metaworld_env", "vlax.data.oxe.metaworld"): _METAWORLD,
 }
 
 

@@ -13,6 +13,8 @@ Modules (one concept each):
   robot          make_robot_dataset: the whole robot pipeline from a config
   inspect        library side of `vlax inspect-data` and `vlax stats`
   toy_env        ToyReachEnv, the environment behind the toy datasets
+  metaworld_env  MetaWorldEnv: Meta-World tasks behind the toy env's interface ([sim])
+  metaworld_demos  Meta-World expert demos -> RLDS (the simulator in a child process)
 
 Importing `vlax.data` does not import TensorFlow; the attributes below load lazily.
 """

@@ -16,10 +16,17 @@ Exact resume: `CotrainIterator.save_state(dir)` / `restore_state(dir)` checkpoin
 tf.data iterator (`tf.train.Checkpoint(iterator=...)`: shuffle buffers with their
 encoded frames, mixing and RNG counters, prefetched batches) plus the drop counters; the
 trainer calls them per process at every checkpoint.
+
+From a training config (`make_data_iterator`, what the CLI calls): `robot_data` resolves
+the robot datasets and their statistics once; `robot_frames` is the one function that
+turns config.data + host + seed into a robot frame stream (training, evaluation, rebuilds
+at another start step, the tokenizer's fitting sample); `action_tokenizer` fits FAST or
+quantile bins (`vlax.actions.fit_action_tokenizer`) on `action_fit_chunks`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Callable, Mapping, Sequence
@@ -27,9 +34,10 @@ from typing import Any, Callable, Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from vlax.actions import (ActionVocab, BinTokenizer, default_action_vocab,
-                          make_action_tokenizer, tokenizer_from_dict)
+from vlax.actions import (ActionTokenizer, ActionVocab, default_action_vocab,
+                          fit_action_tokenizer, make_action_tokenizer, tokenizer_from_dict)
 from vlax.data import seeds as seeds_lib
+from vlax.data import statistics as stats_lib
 from vlax.data import toy_env
 from vlax.data import web as web_lib
 from vlax.data.oxe import mixtures
@@ -379,7 +387,9 @@ def _check_metric_names(robot: Sequence[str], web: Sequence[str]) -> None:
       seen[n] = f"the {kind}"
 
 
-def _robot_entries(spec: Any) -> list[tuple[str, float]]:
+def robot_entries(spec: Any) -> list[tuple[str, float]]:
+  """config.data.robot_datasets -> [(registry name, weight)]: a mixture name,
+  "name:weight,name" or a list of those; empty = no robot data."""
   from vlax.data import mixture as mixture_lib  # pylint: disable=g-import-not-at-top
   if not spec:
     return []
@@ -388,6 +398,110 @@ def _robot_entries(spec: Any) -> list[tuple[str, float]]:
       return mixtures.get_mixture(spec)
     spec = [s.strip() for s in spec.split(",") if s.strip()]
   return mixture_lib.parse_datasets(list(spec))
+
+
+_robot_entries = robot_entries  # the old name (vlax.evaluation.run, vlax.training.plan)
+
+
+@dataclasses.dataclass(frozen=True)
+class RobotData:
+  """The robot datasets of a data config, resolved once per run (`robot_data`)."""
+  entries: tuple[tuple[str, float], ...]  # (registry name, weight); () = no robot data
+  data_dir: str
+  # {name: statistics}: every stream of the run (train, eval, rebuilds, the tokenizer's
+  # fitting sample) is normalized with these, and checkpoints store them.
+  statistics: dict[str, Any]
+
+  @property
+  def names(self) -> list[str]:
+    return [n for n, _ in self.entries]
+
+
+def robot_data(d: Any, entries: Sequence[tuple[str, float]], *, workdir: str,
+               process_index: int, process_count: int) -> RobotData:
+  """Finds the robot datasets and their statistics (computed, or read from the cache).
+
+  With an empty `d.data_dir` the built-in toy datasets are written under
+  <workdir>/toy_data (one copy per process when there are several) from the `d.toy_*`
+  settings, and their statistics are cached under <workdir>/cache.
+  """
+  names = [n for n, _ in entries]
+  data_dir, stats_cache = d.data_dir, d.stats_cache_dir or None
+  if entries and not data_dir:
+    if not all(n in toy.TOY_DATASETS for n in names):
+      raise VlaxError(f"config.data.data_dir is empty but the robot datasets {names} are "
+                      f"not the built-in toy ones")
+    data_dir = os.path.join(workdir, "toy_data" if process_count == 1
+                            else f"toy_data_p{process_index}")
+    toy.write_for_data_config(data_dir, d, names, image_size=int(d.image_size))
+    stats_cache = stats_cache or os.path.join(workdir, "cache")
+  statistics = {n: stats_lib.get_dataset_statistics(n, data_dir, cache_dir=stats_cache,
+                                                    progress=False) for n in names}
+  return RobotData(tuple(entries), data_dir, statistics)
+
+
+def robot_frames(d: Any, robot: RobotData, *, seed: int, process_index: int,
+                 process_count: int, train: bool = True, augment: bool | None = None,
+                 shuffle_buffer: int | None = None):
+  """The robot frame stream of a data config for one host (tf.data), or None.
+
+  The one place config.data becomes `make_robot_dataset` arguments: the training stream,
+  the evaluation stream (train=False: finite, in order, never augmented), its rebuilds
+  for another start step and the tokenizer's fitting sample all come from here.
+  augment / shuffle_buffer: None = config.data's.
+  """
+  if not robot.entries:
+    return None
+  from vlax.data import robot as robot_lib  # pylint: disable=g-import-not-at-top - TF
+  frames, _ = robot_lib.make_robot_dataset(
+      list(robot.entries), robot.data_dir, statistics=robot.statistics,
+      image_size=int(d.image_size), cameras=tuple(d.cameras), chunk_len=int(d.chunk_len),
+      history=int(d.history), train=train, seed=seed,
+      shuffle_buffer=int(d.shuffle_buffer) if shuffle_buffer is None else shuffle_buffer,
+      augment=(bool(d.augment) and train) if augment is None else augment,
+      process_index=process_index, process_count=process_count, progress=False)
+  return frames
+
+
+def action_fit_chunks(d: Any, robot: RobotData) -> list[np.ndarray]:
+  """`d.fit_chunks` normalized action chunks to fit a tokenizer on.
+
+  The same chunks on every host and at every resume (the unsharded stream, seed 0, no
+  shuffle buffer, no augmentation), so every host fits the same tokenizer.
+  """
+  if not robot.entries:
+    raise VlaxError(f"action tokenizer {d.action_tokenizer!r} must be fitted on robot "
+                    f"data, but config.data.robot_datasets is empty")
+  frames = robot_frames(d, robot, seed=0, process_index=0, process_count=1, augment=False,
+                        shuffle_buffer=1)
+  return collect_action_chunks(frames, int(d.fit_chunks))
+
+
+def action_tokenizer(d: Any, robot: RobotData,
+                     settings: Mapping[str, Any] | None = None) -> ActionTokenizer:
+  """A checkpoint's action tokenizer (`settings`), else config.data's, fitted on the
+  robot data if it learns from data (FAST, quantile bins)."""
+  if settings:
+    tok = tokenizer_from_dict(dict(settings))
+  elif d.action_tokenizer == "fast":
+    tok = make_action_tokenizer("fast", vocab_size=int(d.fast_vocab_size),
+                                scale=float(d.fast_scale))
+  else:
+    tok = make_action_tokenizer(d.action_tokenizer, num_bins=int(d.num_bins))
+  if not tok.fitted:
+    fit_action_tokenizer(tok, action_fit_chunks(d, robot))
+  return tok
+
+
+def action_vocab(d: Any, tok: ActionTokenizer, text: TextTokenizer,
+                 settings: Mapping[str, Any] | None = None) -> ActionVocab:
+  """Where action ids sit in the model vocabulary: a checkpoint's, config.data's
+  action_vocab_start, or after the text vocabulary (`default_action_vocab`)."""
+  if settings and "vocab" in settings:
+    return ActionVocab.from_dict(settings["vocab"])
+  if int(d.action_vocab_start) >= 0:
+    return ActionVocab(int(d.action_vocab_start), tok.vocab_size)
+  return default_action_vocab(text.vocab_size, tok.vocab_size)
 
 
 def make_data_iterator(config: Any, *, process_index: int, process_count: int,
@@ -405,110 +519,53 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
   saved stream exactly (rebuilding the pipeline with the saved run's start_step) and
   refuses a state saved with another config.data / seed / batch_size / process layout.
   """
-  from vlax.data import robot as robot_lib  # pylint: disable=g-import-not-at-top
-
   d = resolve_data_config(config)
   seed = int(config.get("seed", 0))
 
-  def data_seed(step: int) -> int:  # shuffle / augmentation / web seeds of a start step
-    return seeds_lib.step_seed(seed, step)
-  image_size = int(d.image_size)
-  entries = _robot_entries(d.robot_datasets)
-  names = [n for n, _ in entries]
+  # The sources: robot datasets (toy ones written if need be) and web sources.
+  entries = robot_entries(d.robot_datasets)
   web_sources = [web_lib.WebSource(**dict(s)) for s in (d.web_sources or ())]
-  _check_metric_names(names, [s.display_name for s in web_sources])
-  workdir = workdir or "."
+  web_names = [s.display_name for s in web_sources]
+  _check_metric_names([n for n, _ in entries], web_names)
+  robot = robot_data(d, entries, workdir=workdir or ".", process_index=process_index,
+                     process_count=process_count)
 
-  data_dir, stats_cache = d.data_dir, d.stats_cache_dir or None
-  if entries and not data_dir:
-    if not all(n in toy.TOY_DATASETS for n in names):
-      raise VlaxError(f"config.data.data_dir is empty but the robot datasets {names} are "
-                      f"not the built-in toy ones")
-    data_dir = os.path.join(workdir, "toy_data" if process_count == 1
-                            else f"toy_data_p{process_index}")
-    toy.write_for_data_config(data_dir, d, names, image_size=image_size)
-    stats_cache = stats_cache or os.path.join(workdir, "cache")
-
-  cameras = tuple(d.cameras)
-  frames, statistics = None, {}
-  if entries:
-    common = dict(image_size=image_size, cameras=cameras, chunk_len=int(d.chunk_len),
-                  history=int(d.history), stats_cache_dir=stats_cache, progress=False)
-    frames, statistics = robot_lib.make_robot_dataset(
-        entries, data_dir, train=train, seed=data_seed(start_step),
-        shuffle_buffer=int(d.shuffle_buffer), augment=bool(d.augment) if train else False,
-        process_index=process_index, process_count=process_count, **common)
-
+  # Frames / web examples -> model examples: tokenizers, vocabulary, sequence layout.
   text = (load_toy_tokenizer() if d.text_tokenizer == "toy"
           else TextTokenizer(d.text_tokenizer))
-  if action_tokenizer_settings:
-    tok = tokenizer_from_dict(dict(action_tokenizer_settings))
-  elif d.action_tokenizer == "fast":
-    tok = make_action_tokenizer("fast", vocab_size=int(d.fast_vocab_size),
-                                scale=float(d.fast_scale))
-  else:
-    tok = make_action_tokenizer(d.action_tokenizer, num_bins=int(d.num_bins))
-  if not getattr(tok, "fitted", True):
-    if not entries:
-      raise VlaxError(f"action tokenizer {d.action_tokenizer!r} must be fitted on robot "
-                      f"data, but config.data.robot_datasets is empty")
-    # The same unsharded stream (fixed seed, no augmentation) on every host and at every
-    # resume -> identical tokenizers.
-    fit_frames, _ = robot_lib.make_robot_dataset(
-        entries, data_dir, train=True, seed=0, shuffle_buffer=1, augment=False,
-        statistics=statistics, process_index=0, process_count=1, **common)
-    chunks = collect_action_chunks(fit_frames, int(d.fit_chunks))
-    if isinstance(tok, BinTokenizer):  # quantile bins: per-dim edges over padded dims
-      a_max = max(c.shape[1] for c in chunks)
-      padded = np.zeros((len(chunks), chunks[0].shape[0], a_max), np.float32)
-      mask = np.zeros(padded.shape, bool)
-      for i, c in enumerate(chunks):
-        padded[i, :, :c.shape[1]], mask[i, :, :c.shape[1]] = c, True
-      tok.fit(padded, mask)
-    else:
-      tok.fit(chunks)
-  if action_tokenizer_settings and "vocab" in action_tokenizer_settings:
-    vocab = ActionVocab.from_dict(action_tokenizer_settings["vocab"])
-  elif int(d.action_vocab_start) >= 0:
-    vocab = ActionVocab(int(d.action_vocab_start), tok.vocab_size)
-  else:
-    vocab = default_action_vocab(text.vocab_size, tok.vocab_size)
+  tok = action_tokenizer(d, robot, action_tokenizer_settings)
+  vocab = action_vocab(d, tok, text, action_tokenizer_settings)
+  image_size = int(d.image_size)
+  builder = SequenceBuilder(
+      SequenceConfig(max_len=int(d.max_len), cameras=tuple(d.cameras),
+                     image_size=(image_size, image_size), window=int(d.history),
+                     prompt_template=d.prompt_template, proprio_bins=int(d.proprio_bins),
+                     on_overlong=d.on_overlong),
+      text, tok, vocab)
 
-  seq_cfg = SequenceConfig(
-      max_len=int(d.max_len), cameras=cameras, image_size=(image_size, image_size),
-      window=int(d.history), prompt_template=d.prompt_template,
-      proprio_bins=int(d.proprio_bins), on_overlong=d.on_overlong)
-  builder = SequenceBuilder(seq_cfg, text, tok, vocab)
+  # What a saved input state must match (where the data lives may move between runs;
+  # what is read and how may not).
+  fingerprint = {"seed": seed, "train": bool(train),
+                 "data": {k: v for k, v in d.to_dict().items()
+                          if k not in ("data_dir", "stats_cache_dir")}}
 
-  def iterator_at(step: int, robot_frames) -> CotrainIterator:
+  def batches(step: int) -> CotrainIterator:
+    """This host's batches with every stream seeded for `step` (a resumed run's start
+    step). `restore_state` rebuilds them for the step a saved state was seeded with."""
+    data_seed = seeds_lib.step_seed(seed, step)  # shuffle, augmentation and web order
+    frames = robot_frames(d, robot, train=train, seed=data_seed,
+                          process_index=process_index, process_count=process_count)
     return make_train_iterator(
-        builder=builder, global_batch_size=int(config.batch_size),
-        robot_frames=robot_frames, num_robot_datasets=len(entries),
-        web_sources=web_sources, web_weight=float(d.web_weight),
+        builder=builder, global_batch_size=int(config.batch_size), robot_frames=frames,
+        num_robot_datasets=len(entries), web_sources=web_sources,
+        web_weight=float(d.web_weight),
         web_schedule=[tuple(p) for p in d.web_schedule] or None, seed=seed,
-        web_seed=data_seed(step), start_step=step, on_error=d.web_on_error,
+        web_seed=data_seed, start_step=step, on_error=d.web_on_error,
         max_text_chars=int(d.max_text_chars),
         shuffle_buffer=int(d.web_shuffle_buffer) if train else 1, repeat=train,
-        process_index=process_index, process_count=process_count, rebuild=rebuild,
-        fingerprint={"seed": seed, "train": bool(train), "data": fingerprint_data})
+        process_index=process_index, process_count=process_count,
+        rebuild=lambda s: batches(s).dataset, fingerprint=fingerprint)
 
-  # Where the data lives may move between runs; what is read and how may not.
-  fingerprint_data = {k: v for k, v in d.to_dict().items()
-                      if k not in ("data_dir", "stats_cache_dir")}
-
-  def rebuild(step: int):
-    """The same pipeline seeded for `step` (restoring a state saved by another run)."""
-    robot_frames = None
-    if entries:
-      robot_frames, _ = robot_lib.make_robot_dataset(
-          entries, data_dir, train=train, seed=data_seed(step),
-          shuffle_buffer=int(d.shuffle_buffer), augment=bool(d.augment) if train else False,
-          statistics=statistics, process_index=process_index,
-          process_count=process_count, **common)
-    return iterator_at(step, robot_frames).dataset
-
-  it = iterator_at(start_step, frames)
-  web_names = [s.display_name for s in web_sources]
-  meta = builder.metadata(dataset_names=names + web_names, chunk_len=int(d.chunk_len),
-                          statistics=statistics)
-  return it, meta
+  meta = builder.metadata(dataset_names=robot.names + web_names, chunk_len=int(d.chunk_len),
+                          statistics=robot.statistics)
+  return batches(start_step), meta
