@@ -160,7 +160,8 @@ def test_predict_fn_alignment(ckpt):
   """Teacher-forced accuracy uses logit i-1 for token i; greedy decoding starts right
   after the prompt (its first token is the teacher-forced prediction there)."""
   from vlax.checkpoints.format import load_params
-  from vlax.evaluation.run import EvalData, eval_config, make_predict_fn, _model_config
+  from vlax.evaluation.offline import _model_config
+  from vlax.evaluation.run import EvalData, eval_config, make_predict_fn
   from vlax.models.vla import VLA
   params, meta = load_params(ckpt["root"])
   data = EvalData(eval_config(meta), meta)

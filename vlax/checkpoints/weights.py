@@ -1,8 +1,8 @@
 """Weights on disk -> params that fit a model config: the one place that does it.
 
 Entry points that start from stored weights go through here: training's `init_from`,
-`vlax.Policy` and `vlax export` (`vlax eval` still reads checkpoints itself, with the
-same `merge_lora`: pending). The steps, each usable alone:
+`vlax.Policy`, `vlax export` and `vlax eval` (`evaluation.offline`; the closed-loop evals
+use `vlax.Policy`). The steps, each usable alone:
 
   load          any of: a vlax checkpoint (ROOT or ROOT/<step>, training or export
                 bundle), a Hugging Face PaliGemma directory, a big_vision .npz

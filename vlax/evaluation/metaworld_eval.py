@@ -20,14 +20,19 @@ policy) and videos/<task>_ep<i>.gif (front | wrist camera of the first episodes)
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import queue as queue_lib
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from PIL import Image
 
+from vlax.data import metaworld_env  # imports Meta-World and MuJoCo only when an env is made
 from vlax.data.oxe import metaworld as mw_names
 from vlax.errors import VlaxError
 from vlax.evaluation.rollout import _chunk_fn
+from vlax.inference.policy import Policy
 
 REPORT_FORMAT = "vlax-metaworld/1"
 BASELINES = ("expert", "zero", "random")
@@ -58,7 +63,6 @@ def _ablate(obs: list[dict[str, Any]], mode: str | None, rng: np.random.Generato
 
 def make_envs(task: str, n: int, image_size: int = 64, max_steps: int = 200,
               full_state: bool = False) -> list:
-  from vlax.data import metaworld_env  # pylint: disable=g-import-not-at-top - needs [sim]
   return [metaworld_env.MetaWorldEnv(task, image_size=image_size, max_steps=max_steps,
                                      full_state=full_state, render_images=False)
           for _ in range(n)]
@@ -73,7 +77,6 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
   layouts of `task`. Returns a JSON-safe summary (+ "frames" of the first keep_videos
   episodes when images are rendered). `envs`: reuse these (one per episode; reset here,
   not closed) instead of building new ones."""
-  from vlax.data import metaworld_env  # pylint: disable=g-import-not-at-top - needs [sim]
   if int(episodes) < 1:
     raise VlaxError(f"episodes must be >= 1, got {episodes}")
   if int(execute_steps) < 1:
@@ -165,7 +168,6 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
 
 def write_gif(frames: np.ndarray, path: str, scale: int = 2, fps: int = 20) -> str:
   """uint8 [T, H, W, 3] -> an animated GIF (nearest-neighbour upscaled)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale),
                                       Image.NEAREST) for f in frames]
   images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps),
@@ -245,7 +247,6 @@ def _evaluate_task(policy: Any, task: str, episodes: int, seed: int, execute_ste
 
 
 def _load_policy(checkpoint: str, step: int | None):
-  from vlax.inference.policy import Policy  # pylint: disable=g-import-not-at-top
   if os.path.isdir(os.path.join(checkpoint, "checkpoints")):  # a run's workdir
     checkpoint = os.path.join(checkpoint, "checkpoints")
   return checkpoint, Policy.from_checkpoint(checkpoint, step=step)
@@ -264,8 +265,6 @@ def _worker(checkpoint: str, step: int | None, tasks: Sequence[str], kwargs: dic
 
 def _run_workers(checkpoint: str, step: int | None, tasks: Sequence[str], workers: int,
                  kwargs: dict, print_fn) -> dict[str, Any]:
-  import multiprocessing  # pylint: disable=g-import-not-at-top
-  import queue as queue_lib  # pylint: disable=g-import-not-at-top
   ctx = multiprocessing.get_context("spawn")
   q = ctx.Queue()
   procs = [ctx.Process(target=_worker, daemon=True,
@@ -312,7 +311,6 @@ def evaluate_metaworld(checkpoint: str | None, out: str | None, tasks: str | Seq
 
   workers > 1 splits the tasks over that many processes (each loads the checkpoint).
   """
-  from vlax.data import metaworld_env  # pylint: disable=g-import-not-at-top - needs [sim]
   task_list = metaworld_env.resolve_tasks(tasks)
   for b in baselines:
     if b not in BASELINES:

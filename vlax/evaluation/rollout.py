@@ -24,7 +24,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from vlax.data.oxe.toy import TOY_DATASETS
+from vlax.data.toy_env import EMBODIMENTS, ToyReachEnv, scene_kwargs
 from vlax.errors import VlaxError
+from vlax.inference.policy import Policy
 
 ENVS = ("toy_reach",)
 BASELINES = ("zero", "random", "oracle")
@@ -34,7 +37,6 @@ _SEED_OFFSET = 1_000_000_007
 
 
 def _toy_datasets() -> dict[str, str]:
-  from vlax.data.oxe.toy import TOY_DATASETS  # pylint: disable=g-import-not-at-top
   return dict(TOY_DATASETS)
 
 
@@ -102,7 +104,6 @@ def rollout(policy: Any, env_name: str = "toy_reach", episodes: int = 20, seed: 
   num_predictions, and `trajectories` (end-effector paths and targets of the first
   `keep_trajectories` episodes, for plots).
   """
-  from vlax.data.toy_env import EMBODIMENTS, ToyReachEnv  # pylint: disable=g-import-not-at-top
   if env_name not in ENVS:
     raise VlaxError(f"unknown environment {env_name!r}; available: {list(ENVS)}")
   if int(episodes) < 1:
@@ -296,7 +297,6 @@ def evaluate_rollout(checkpoint: str | None, out: str | None, env_name: str = "t
       raise VlaxError("evaluate_rollout: give a checkpoint or a policy")
     if "://" not in checkpoint and not os.path.exists(checkpoint):
       raise VlaxError(f"checkpoint not found: {checkpoint}")
-    from vlax.inference.policy import Policy  # pylint: disable=g-import-not-at-top
     policy = Policy.from_checkpoint(checkpoint, step=step)
   if datasets is None:
     keys = list(getattr(policy, "dataset_keys", None) or _toy_datasets())
@@ -315,7 +315,6 @@ def evaluate_rollout(checkpoint: str | None, out: str | None, env_name: str = "t
   data_cfg = (meta.get("config") or {}).get("data") or {}
   if data_cfg.get("image_size"):
     image_size = int(data_cfg["image_size"])  # the resolution the policy was trained on
-  from vlax.data.toy_env import scene_kwargs  # pylint: disable=g-import-not-at-top
   scene = scene_kwargs(data_cfg)  # the blocks the policy was trained on
   results: dict[str, dict[str, Any]] = {}
   for name in datasets:
