@@ -29,11 +29,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from vlax.errors import VlaxError
+from vlax.models.batch import Batch, ModelInputs
 
 # Metadata entries that define the eval data (vs. "model", which defines the network).
 DATA_KEYS = ("text_tokenizer", "action_tokenizer", "statistics", "dataset_names", "config")
 PredictFn = Callable[[Any, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
-_MODEL_KEYS = ("images", "image_mask", "tokens", "input_mask", "prefix_mask")
 
 
 # --------------------------------------------------------------------------- loading
@@ -152,7 +152,7 @@ class EvalData:
     return data_dir, d.stats_cache_dir or os.path.join(workdir, "cache")
 
   def batches(self, workdir: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Held-out robot batches: the model-batch keys + action, action_pad_mask, episode, t.
+    """Held-out robot batches: the `Batch` keys + action, action_pad_mask, episode, timestep.
 
     The last batch is padded to `batch_size` (one compiled shape); `valid` marks real
     rows. `episode` / `timestep` are recovered from the in-order stream (an episode
@@ -219,8 +219,9 @@ def make_predict_fn(model_config, decode_steps: int) -> PredictFn:
   model = VLA(model_config)
 
   @jax.jit
-  def run(params, images, image_mask, tokens, input_mask, prefix_mask, action_mask):
-    input_mask, prefix_mask = input_mask.astype(bool), prefix_mask.astype(bool)
+  def run(params, inputs, action_mask):
+    images, image_mask, tokens = inputs.images, inputs.image_mask, inputs.tokens
+    input_mask, prefix_mask = inputs.input_mask.astype(bool), inputs.prefix_mask.astype(bool)
     logits = model.apply({"params": params}, images, image_mask, tokens, input_mask,
                          prefix_mask)
     pred = jnp.argmax(logits[:, :-1], axis=-1).astype(jnp.int32)  # predicts tokens[1:]
@@ -233,8 +234,8 @@ def make_predict_fn(model_config, decode_steps: int) -> PredictFn:
     return ids, correct, total
 
   def predict(params, batch):
-    ids, correct, total = run(params, *(batch[k] for k in _MODEL_KEYS),
-                              batch["action_token_mask"].astype(bool))
+    b = Batch.from_dict(batch, "eval batch")
+    ids, correct, total = run(params, b.inputs, np.asarray(b.action_token_mask, bool))
     ids, correct, total = jax.device_get((ids, correct, total))
     return {"action_ids": ids, "token_correct": correct, "token_total": total}
 
@@ -247,13 +248,12 @@ def oracle_predict_fn(eos_id: int, decode_steps: int) -> PredictFn:
 
   def predict(params, batch):
     del params
-    b = len(batch["tokens"])
-    ids = np.full((b, decode_steps), eos_id, np.int32)
-    for i in range(b):
-      t = target_action_ids({k: batch[k][i] for k in ("tokens", "input_mask",
-                                                      "prefix_mask")}, eos_id)
+    b = Batch.from_dict(batch, "eval batch")
+    ids = np.full((b.size, decode_steps), eos_id, np.int32)
+    for i in range(b.size):
+      t = target_action_ids(ModelInputs(*(x[i] for x in b.inputs.args())), eos_id)
       ids[i, :len(t)] = t[:decode_steps]
-    total = batch["action_token_mask"].sum(-1)
+    total = np.asarray(b.action_token_mask).sum(-1)
     return {"action_ids": ids, "token_correct": total, "token_total": total}
 
   return predict
@@ -266,12 +266,13 @@ def _records(data: EvalData, batches: Iterator[Mapping[str, np.ndarray]], params
   k, a = data.chunk_len, data.max_action_dim
   for batch in batches:
     out = predict_fn(params, batch)
-    keep = np.asarray(batch["valid"]) & (np.asarray(batch["source"]) == 0)
+    model_batch = Batch.from_dict(batch, "eval batch")
+    keep = np.asarray(batch["valid"]) & (np.asarray(model_batch.source) == 0)
     rows = np.nonzero(keep)[0]
     if not rows.size:
       continue
     ids = np.asarray(out["action_ids"])
-    ds_idx = np.asarray(batch["dataset_index"])[rows]
+    ds_idx = np.asarray(model_batch.dataset_index)[rows]
     true_norm = np.asarray(batch["action"], np.float32)[rows][:, :, :a]
     mask = np.asarray(batch["action_pad_mask"], bool)[rows][:, :, :a]
     pred_norm = np.zeros_like(true_norm)
