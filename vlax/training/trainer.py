@@ -51,7 +51,8 @@ data_iterator_fn(config, process_index, process_count, start_step)
     -> (iterator, metadata)
   iterator yields this host's numpy batches: dicts of the model-batch keys
   (images, image_mask, tokens, input_mask, prefix_mask, loss_mask, action_token_mask,
-  source, dataset_index) with leading dim batch_size // process_count. It should seed
+  source, dataset_index: the fields of `vlax.models.batch.Batch`, which is accepted too)
+  with leading dim batch_size // process_count. It should seed
   its shuffling with (config.seed, start_step, process_index) so a resumed run does not
   replay the same order. metadata: JSON-safe dict stored in every checkpoint, keys
   'statistics', 'text_tokenizer', 'action_tokenizer', 'dataset_names' (list, defines
