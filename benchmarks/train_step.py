@@ -114,6 +114,7 @@ def main(argv=None):
 
   import jax  # pylint: disable=g-import-not-at-top
   from vlax.models import presets  # pylint: disable=g-import-not-at-top
+  from vlax.models.batch import Batch  # pylint: disable=g-import-not-at-top
   from vlax.training import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from vlax.training import trainer  # pylint: disable=g-import-not-at-top
 
@@ -138,7 +139,8 @@ def main(argv=None):
   model_config = trainer.build_model_config(config)
   vocab = model_config.llm.vocab_size
   image_size = model_config.vision.image_size
-  batch = synthetic_batch(bs, args.num_cams, image_size, args.seq_len, vocab, args.prefix_len)
+  batch = Batch.from_dict(
+      synthetic_batch(bs, args.num_cams, image_size, args.seq_len, vocab, args.prefix_len))
 
   mesh = mesh_lib.make_mesh(1, -1, 1)
   gbatch = mesh_lib.global_batch(batch, mesh)

@@ -13,6 +13,7 @@ from vlax.errors import VlaxError
 from vlax.inference import export as export_lib
 from vlax.inference.policy import Policy
 from vlax.models import lora as lora_lib
+from vlax.models.batch import Batch, ModelInputs
 from vlax.models.presets import get_preset
 from vlax.models.vla import VLA, init_params
 from vlax.training import optimizer as optimizer_lib
@@ -43,7 +44,7 @@ def _perturb_b(params, seed=1):
 
 def _logits(model, params, batch):
   fn = jax.jit(lambda p, *x: model.apply({"params": p}, *x))
-  return fn(params, *(batch[k] for k in step_lib.MODEL_INPUTS))
+  return fn(params, *ModelInputs.from_dict(batch).args())
 
 
 _BASE = {}
@@ -115,7 +116,7 @@ def test_train_step_updates_only_adapters():
                                           lora_scale=LORA.scale))
   old = jax.tree.map(np.array, params)
   for s in range(2):  # 2 steps: B moves first, then A gets a gradient too
-    state, metrics = step(state, tu.make_batch(4, step=s))
+    state, metrics = step(state, Batch.from_dict(tu.make_batch(4, step=s)))
   assert np.isfinite(float(metrics["last"]["loss"]))
   for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]:
     name = lora_lib.path_str(p)

@@ -4,9 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlax.models.batch import Batch
 from vlax.training import loss as loss_lib
 
 import _train_utils as U
+
+
+def _sums(logits, batch):
+  return loss_lib.loss_sums(jnp.asarray(logits), Batch.from_dict(batch), 3)
 
 
 def _numpy_sums(logits, batch, num_datasets):
@@ -31,7 +36,7 @@ def test_sums_match_numpy_per_source_and_dataset():
   logits = np.random.default_rng(0).normal(size=(12, U.SEQ_LEN, U.VOCAB)).astype(np.float32)
   # Make some action predictions right so accuracy is not trivially 0.
   logits[0, U.PREFIX_LEN - 1, batch["tokens"][0, U.PREFIX_LEN]] += 100.0
-  sums = jax.device_get(loss_lib.loss_sums(jnp.asarray(logits), batch, 3))
+  sums = jax.device_get(_sums(logits, batch))
   ref = _numpy_sums(logits, batch, 3)
   np.testing.assert_allclose(sums["loss_sum"], ref["loss"].sum(), rtol=1e-5)
   assert sums["token_count"] == ref["count"].sum()
@@ -58,26 +63,26 @@ def test_shift_and_masking():
   batch = U.make_batch(4, seed=1)
   rng = np.random.default_rng(1)
   logits = rng.normal(size=(4, U.SEQ_LEN, U.VOCAB)).astype(np.float32)
-  base = float(loss_lib.mean_loss(loss_lib.loss_sums(jnp.asarray(logits), batch, 3)))
+  base = float(loss_lib.mean_loss(_sums(logits, batch)))
   # Logits at positions whose *next* token is not a target do not matter...
   not_used = ~batch["loss_mask"][:, 1:]
   changed = logits.copy()
   changed[:, :-1][not_used] += rng.normal(size=changed[:, :-1][not_used].shape) * 10
   changed[:, -1] += 7.0  # the last position predicts nothing
-  same = float(loss_lib.mean_loss(loss_lib.loss_sums(jnp.asarray(changed), batch, 3)))
+  same = float(loss_lib.mean_loss(_sums(changed, batch)))
   np.testing.assert_allclose(same, base, rtol=1e-6)
   # ...while the logit just before a target does.
   t = int(np.argmax(batch["loss_mask"][0]))
   bumped = logits.copy()
   bumped[0, t - 1, batch["tokens"][0, t]] += 5.0
-  lower = float(loss_lib.mean_loss(loss_lib.loss_sums(jnp.asarray(bumped), batch, 3)))
+  lower = float(loss_lib.mean_loss(_sums(bumped, batch)))
   assert lower < base
   # A perfect prediction at every target gives ~0 loss.
   perfect = np.full_like(logits, -50.0)
   for i in range(4):
     for j in range(1, U.SEQ_LEN):
       perfect[i, j - 1, batch["tokens"][i, j]] = 50.0
-  sums = loss_lib.loss_sums(jnp.asarray(perfect), batch, 3)
+  sums = _sums(perfect, batch)
   assert float(loss_lib.mean_loss(sums)) < 1e-6
   assert float(sums["action_correct"]) == float(sums["action_count"]) > 0
 
@@ -86,7 +91,7 @@ def test_summarize_leaves_out_empty_segments():
   batch = U.make_batch(4, seed=2)
   batch["dataset_index"][:] = 0
   logits = jnp.zeros((4, U.SEQ_LEN, U.VOCAB))
-  summary = loss_lib.summarize(jax.device_get(loss_lib.loss_sums(logits, batch, 3)),
+  summary = loss_lib.summarize(jax.device_get(_sums(logits, batch)),
                                U.DATASET_NAMES)
   assert "loss/toy_a" in summary and "loss/toy_b" not in summary
   np.testing.assert_allclose(summary["loss"], np.log(U.VOCAB), rtol=1e-5)

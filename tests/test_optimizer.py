@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from vlax.errors import VlaxError
+from vlax.models.batch import Batch, ModelInputs
 from vlax.training import optimizer as opt_lib
 from vlax.training import state as state_lib
 from vlax.training import train_step as step_lib
@@ -32,7 +33,7 @@ class ToyVLA(nn.Module):
 
 def _params():
   b = U.make_batch(2)
-  return ToyVLA().init(jax.random.key(0), *(jnp.asarray(b[k]) for k in step_lib.MODEL_INPUTS))["params"]
+  return ToyVLA().init(jax.random.key(0), *ModelInputs.from_dict(b).args())["params"]
 
 
 def test_schedules():
@@ -102,7 +103,7 @@ def test_frozen_params_stay_bit_identical():
   state = state_lib.create(params, tx, jax.random.key(1))
   before = jax.device_get(state.params)
   for i in range(3):
-    state, metrics = step(state, U.make_batch(8, step=i))
+    state, metrics = step(state, Batch.from_dict(U.make_batch(8, step=i)))
   after = jax.device_get(state.params)
   for name in ("img_proj", "norm"):
     for k in before[name]:
@@ -121,7 +122,7 @@ def test_grad_accumulation_matches_big_batch(name):
   cfg = {"name": name, "lr": 1e-2, "schedule": "constant", "weight_decay": 0.0, "clip_norm": 1.0}
   params, tx, step1, _ = _toy_step(cfg, accum=1)
   _, _, step4, _ = _toy_step(cfg, accum=4)
-  batch = U.make_batch(16, step=3)
+  batch = Batch.from_dict(U.make_batch(16, step=3))
   s1, m1 = step1(state_lib.create(params, tx, jax.random.key(1)), batch)
   s4, m4 = step4(state_lib.create(params, tx, jax.random.key(1)), batch)
   np.testing.assert_allclose(m4["last"]["loss"], m1["last"]["loss"], rtol=1e-5)

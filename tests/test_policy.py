@@ -216,11 +216,11 @@ def test_missing_camera_is_masked(policy):
   full = policy.prepare(make_observation(7), "x", "robot_a")
   part = policy.prepare(make_observation(7, wrist=False), "x", "robot_a")
   off = policy.prepare({**make_observation(7), "image_wrist_mask": False}, "x", "robot_a")
-  assert full["image_mask"].tolist() == [True, True]
-  assert part["image_mask"].tolist() == [True, False]
-  assert off["image_mask"].tolist() == [True, False]
-  np.testing.assert_array_equal(part["images"][0], full["images"][0])
-  assert full["images"].min() >= -1 and full["images"].max() <= 1
+  assert full.image_mask.tolist() == [True, True]
+  assert part.image_mask.tolist() == [True, False]
+  assert off.image_mask.tolist() == [True, False]
+  np.testing.assert_array_equal(part.images[0], full.images[0])
+  assert full.images.min() >= -1 and full.images.max() <= 1
 
 
 def test_resize_matches_training_resize():

@@ -7,11 +7,12 @@ import tensorflow as tf
 import _seq_utils as S
 from vlax.actions import BinTokenizer, FASTTokenizer, default_action_vocab
 from vlax.data import normalization
-from vlax.data.sequence import (MODEL_BATCH_KEYS, DataCounters, SequenceBuilder,
+from vlax.data.sequence import (DataCounters, SequenceBuilder,
                                 SequenceConfig, actions_from_tokens, collect_action_chunks,
                                 numpy_iterator, target_action_ids)
 from vlax.data.text_tokenizer import load_toy_tokenizer
 from vlax.errors import VlaxError
+from vlax.models.batch import Batch
 
 CAMS = ("primary", "wrist")
 
@@ -39,7 +40,8 @@ def test_robot_sequences_masks_and_round_trip():
     a = S.EMBODIMENTS[name][0]
     assert len(exs) == 6
     for i, ex in enumerate(exs):
-      assert set(ex) == set(MODEL_BATCH_KEYS)
+      assert set(ex) == set(Batch.keys())
+      assert Batch.from_dict(ex).to_dict().keys() == ex.keys()
       assert ex["tokens"].shape == (64,) and ex["tokens"].dtype == np.int32
       assert ex["images"].shape == (2, S.IMG, S.IMG, 3) and ex["images"].dtype == np.float32
       np.testing.assert_allclose(

@@ -6,6 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from vlax.errors import VlaxError
+from vlax.models.batch import Batch
 from vlax.training import mesh as mesh_lib
 from vlax.training import trainer
 
@@ -24,7 +25,8 @@ def _setup(config, devices=None):
 def _run(setup, state, steps, fixed=True):
   losses = []
   for i in range(steps):
-    batch = mesh_lib.global_batch(U.make_batch(8, step=0 if fixed else i), setup.mesh)
+    batch = mesh_lib.global_batch(Batch.from_dict(U.make_batch(8, step=0 if fixed else i)),
+                                  setup.mesh)
     state, metrics = setup.step(state, batch)
     losses.append(float(metrics["last"]["loss"]))
   return state, losses
@@ -105,9 +107,10 @@ def test_mesh_shapes_and_batch_checks():
     mesh_lib.check_batch_size(6, mesh)
   with pytest.raises(VlaxError, match="grad_accum_steps"):
     mesh_lib.check_batch_size(8, mesh, grad_accum_steps=3)
-  batch = mesh_lib.global_batch(U.make_batch(8), mesh)
-  assert batch["tokens"].sharding.spec == P(("data", "fsdp"))
-  assert batch["images"].addressable_shards[0].data.shape[0] == 2
+  batch = mesh_lib.global_batch(Batch.from_dict(U.make_batch(8)), mesh)
+  assert batch.inputs.tokens.sharding.spec == P(("data", "fsdp"))
+  assert batch.inputs.images.addressable_shards[0].data.shape[0] == 2
+  assert batch.source.sharding.spec == P(("data", "fsdp"))
 
 
 def test_distributed_flags_must_come_together():

@@ -1,5 +1,8 @@
 """Robot frames and web examples -> fixed-length token sequences (the model batch).
 
+Each example is a `vlax.models.batch.Batch` (its fields, shapes and dtypes are documented
+there), flattened to a dict of those field names as the tf.data element.
+
 Layout of one sequence (text positions; the image tokens come before them in the model):
 
   robot: [bos] prompt-text [proprio text] "\n" | action tokens... [eos] | pad...
@@ -38,14 +41,13 @@ import numpy as np
 from vlax.actions import ActionVocab, BinTokenizer, FASTTokenizer, tokenizer_from_dict
 from vlax.data.text_tokenizer import TextTokenizer
 from vlax.errors import VlaxError
+from vlax.models.batch import Batch, ModelInputs
 from vlax.utils import get_path
 
 SOURCE_ROBOT = 0
 SOURCE_WEB = 1
 SOURCE_NAMES = ("robot", "web")
 OVERLONG_MODES = ("drop", "truncate", "raise")
-MODEL_BATCH_KEYS = ("images", "image_mask", "tokens", "input_mask", "prefix_mask",
-                    "loss_mask", "action_token_mask", "source", "dataset_index")
 
 
 class DataCounters:
@@ -245,8 +247,10 @@ class SequenceBuilder:
     return fn
 
   def _assemble(self, prompt, target, target_valid, is_action: bool, source: str,
-                dataset_name):
-    """Concatenates prompt + target + eos, then pads/truncates to max_len."""
+                dataset_name, *, images, image_mask, dataset_index):
+    """Concatenates prompt + target + eos, then pads/truncates to max_len.
+
+    Returns (the example as a tf.data element: a `Batch`'s flat dict, keep flag)."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     max_len = self.config.max_len
     n1, n2 = tf.shape(prompt)[0], tf.shape(target)[0]
@@ -271,13 +275,15 @@ class SequenceBuilder:
       x = tf.pad(x, [[0, max_len - tf.shape(x)[0]]], constant_values=value)
       return tf.ensure_shape(x, [max_len])
 
-    return {
-        "tokens": fit(tokens, self.pad_id),
-        "input_mask": tf.range(max_len) < tf.minimum(n, max_len),
-        "prefix_mask": fit(prefix, False),
-        "loss_mask": fit(loss, False),
-        "action_token_mask": fit(amask, False),
-    }, keep
+    example = Batch(
+        inputs=ModelInputs(images=images, image_mask=image_mask,
+                           tokens=fit(tokens, self.pad_id),
+                           input_mask=tf.range(max_len) < tf.minimum(n, max_len),
+                           prefix_mask=fit(prefix, False)),
+        loss_mask=fit(loss, False), action_token_mask=fit(amask, False),
+        source=tf.constant(SOURCE_NAMES.index(source), tf.int32),
+        dataset_index=tf.cast(dataset_index, tf.int32))
+    return example.to_dict(), keep
 
   # --- robot ------------------------------------------------------------------------
 
@@ -320,11 +326,9 @@ class SequenceBuilder:
     action_dim = tf.cast(get_path(frame, "action_dim"), tf.int32)
     step_valid = tf.reduce_any(pad[:, :action_dim], axis=1)
     ids, valid = self._action_ids_tf(action, step_valid, action_dim)
-    out, keep = self._assemble(prompt, ids, valid, True, "robot", name)
-    out.update(images=images, image_mask=image_mask,
-               source=tf.constant(SOURCE_ROBOT, tf.int32),
-               dataset_index=tf.cast(get_path(frame, "dataset_index"), tf.int32))
-    return out, keep
+    return self._assemble(prompt, ids, valid, True, "robot", name, images=images,
+                          image_mask=image_mask,
+                          dataset_index=get_path(frame, "dataset_index"))
 
   def robot_dataset(self, frames, num_parallel_calls: int | None = None,
                     deterministic: bool = True):
@@ -346,12 +350,9 @@ class SequenceBuilder:
                                        [tf.int32, tf.int32], stateful=False)
     prompt, answer = tf.ensure_shape(prompt, [None]), tf.ensure_shape(answer, [None])
     name = ex.get("dataset_name", tf.constant("web"))
-    out, keep = self._assemble(prompt, answer, tf.ones_like(answer, tf.bool), False, "web",
-                               name)
-    out.update(images=images, image_mask=image_mask,
-               source=tf.constant(SOURCE_WEB, tf.int32),
-               dataset_index=tf.cast(ex["dataset_index"], tf.int32) + index_offset)
-    return out, keep
+    return self._assemble(prompt, answer, tf.ones_like(answer, tf.bool), False, "web", name,
+                          images=images, image_mask=image_mask,
+                          dataset_index=tf.cast(ex["dataset_index"], tf.int32) + index_offset)
 
   def web_dataset(self, examples, index_offset: int = 0,
                   num_parallel_calls: int | None = None, deterministic: bool = True):
@@ -468,10 +469,14 @@ def actions_from_tokens(token_ids: Any, action_dim: int, chunk_len: int, tokeniz
   return tokenizer.decode(local, chunk_len, action_dim)
 
 
-def target_action_ids(example: Mapping[str, np.ndarray], eos_id: int) -> np.ndarray:
-  """The action part of a built (numpy) example: non-prefix valid tokens before eos."""
-  tok = np.asarray(example["tokens"])
-  sel = np.asarray(example["input_mask"]) & ~np.asarray(example["prefix_mask"])
+def target_action_ids(example: ModelInputs | Mapping[str, np.ndarray],
+                      eos_id: int) -> np.ndarray:
+  """The action part of one built (numpy, unbatched) example: non-prefix valid tokens
+  before eos. `example`: its `ModelInputs`, or the tf.data element dict."""
+  if not isinstance(example, ModelInputs):
+    example = ModelInputs.from_dict(example, "example")
+  tok = np.asarray(example.tokens)
+  sel = np.asarray(example.input_mask) & ~np.asarray(example.prefix_mask)
   ids = tok[sel]
   hits = np.nonzero(ids == eos_id)[0]
   return ids[:hits[0]] if hits.size else ids

@@ -32,11 +32,11 @@ from vlax.errors import VlaxError
 from vlax.evaluation.metrics import summary_scalars
 from vlax.evaluation.offline_data import DATA_KEYS, EvalData, eval_config
 from vlax.evaluation.report import run_offline_eval
+from vlax.models.batch import Batch, ModelInputs
 from vlax.models.decoding import greedy_decode
 from vlax.models.vla import VLA
 
 PredictFn = Callable[[Any, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
-_MODEL_KEYS = ("images", "image_mask", "tokens", "input_mask", "prefix_mask")
 
 
 # --------------------------------------------------------------------------- loading
@@ -68,8 +68,9 @@ def make_predict_fn(model_config, decode_steps: int) -> PredictFn:
   model = VLA(model_config)
 
   @jax.jit
-  def run(params, images, image_mask, tokens, input_mask, prefix_mask, action_mask):
-    input_mask, prefix_mask = input_mask.astype(bool), prefix_mask.astype(bool)
+  def run(params, inputs, action_mask):
+    images, image_mask, tokens = inputs.images, inputs.image_mask, inputs.tokens
+    input_mask, prefix_mask = inputs.input_mask.astype(bool), inputs.prefix_mask.astype(bool)
     logits = model.apply({"params": params}, images, image_mask, tokens, input_mask,
                          prefix_mask)
     pred = jnp.argmax(logits[:, :-1], axis=-1).astype(jnp.int32)  # predicts tokens[1:]
@@ -82,8 +83,8 @@ def make_predict_fn(model_config, decode_steps: int) -> PredictFn:
     return ids, correct, total
 
   def predict(params, batch):
-    ids, correct, total = run(params, *(batch[k] for k in _MODEL_KEYS),
-                              batch["action_token_mask"].astype(bool))
+    b = Batch.from_dict(batch, "eval batch")
+    ids, correct, total = run(params, b.inputs, np.asarray(b.action_token_mask, bool))
     ids, correct, total = jax.device_get((ids, correct, total))
     return {"action_ids": ids, "token_correct": correct, "token_total": total}
 
@@ -95,13 +96,12 @@ def oracle_predict_fn(eos_id: int, decode_steps: int) -> PredictFn:
 
   def predict(params, batch):
     del params
-    b = len(batch["tokens"])
-    ids = np.full((b, decode_steps), eos_id, np.int32)
-    for i in range(b):
-      t = target_action_ids({k: batch[k][i] for k in ("tokens", "input_mask",
-                                                      "prefix_mask")}, eos_id)
+    b = Batch.from_dict(batch, "eval batch")
+    ids = np.full((b.size, decode_steps), eos_id, np.int32)
+    for i in range(b.size):
+      t = target_action_ids(ModelInputs(*(x[i] for x in b.inputs.args())), eos_id)
       ids[i, :len(t)] = t[:decode_steps]
-    total = batch["action_token_mask"].sum(-1)
+    total = np.asarray(b.action_token_mask).sum(-1)
     return {"action_ids": ids, "token_correct": total, "token_total": total}
 
   return predict
@@ -113,12 +113,13 @@ def _records(data: EvalData, batches: Iterator[Mapping[str, np.ndarray]], params
   k, a = data.chunk_len, data.max_action_dim
   for batch in batches:
     out = predict_fn(params, batch)
-    keep = np.asarray(batch["valid"]) & (np.asarray(batch["source"]) == 0)
+    model_batch = Batch.from_dict(batch, "eval batch")
+    keep = np.asarray(batch["valid"]) & (np.asarray(model_batch.source) == 0)
     rows = np.nonzero(keep)[0]
     if not rows.size:
       continue
     ids = np.asarray(out["action_ids"])
-    ds_idx = np.asarray(batch["dataset_index"])[rows]
+    ds_idx = np.asarray(model_batch.dataset_index)[rows]
     true_norm = np.asarray(batch["action"], np.float32)[rows][:, :, :a]
     mask = np.asarray(batch["action_pad_mask"], bool)[rows][:, :, :a]
     pred_norm = np.zeros_like(true_norm)

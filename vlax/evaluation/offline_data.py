@@ -119,7 +119,7 @@ class EvalData:
     return data_dir, d.stats_cache_dir or os.path.join(workdir, "cache")
 
   def batches(self, workdir: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Held-out robot batches: the model-batch keys + action, action_pad_mask, episode, t.
+    """Held-out robot batches: the `Batch` keys + action, action_pad_mask, episode, timestep.
 
     The last batch is padded to `batch_size` (one compiled shape); `valid` marks real
     rows. `episode` / `timestep` are recovered from the in-order stream (an episode

@@ -31,6 +31,7 @@ from vlax.checkpoints import weights as weights_lib
 from vlax.data.normalization import normalize, unnormalize
 from vlax.data.sequence import SequenceBuilder
 from vlax.errors import VlaxError
+from vlax.models.batch import ModelInputs
 from vlax.models.decoding import greedy_decode, prepare_weights
 from vlax.models.vla import VLA
 from vlax.utils import flat_paths, path_str  # pylint: disable=unused-import (public API)
@@ -292,8 +293,8 @@ class Policy:
     return normalize(p, st, self.norm_mode(dataset)).astype(np.float32), mask
 
   def prepare(self, observation: Mapping[str, Any], instruction: str | bytes | None,
-              dataset: str | None = None) -> dict[str, np.ndarray]:
-    """One model input (unbatched): images, image_mask, tokens, input_mask, prefix_mask."""
+              dataset: str | None = None) -> ModelInputs:
+    """One model input (unbatched numpy `ModelInputs`), laid out as in training."""
     dataset = self._resolve_dataset(dataset)
     if not isinstance(observation, Mapping):
       raise VlaxError(f"observation must be a dict of camera images (image_<camera>), got "
@@ -310,8 +311,8 @@ class Policy:
     images, image_mask = self._images(observation)
     proprio, proprio_mask = self._proprio(observation, dataset)
     prompt = self.builder.prompt_inputs(instruction, proprio, proprio_mask)
-    return {"images": images, "image_mask": image_mask, "tokens": prompt["tokens"],
-            "input_mask": prompt["input_mask"], "prefix_mask": prompt["prefix_mask"]}
+    return ModelInputs(images=images, image_mask=image_mask, tokens=prompt["tokens"],
+                       input_mask=prompt["input_mask"], prefix_mask=prompt["prefix_mask"])
 
   # --- prediction -------------------------------------------------------------------
 
@@ -321,13 +322,10 @@ class Policy:
       self._decode_weights = prepare_weights(self.model, self.params)
     return self._decode_weights
 
-  def decode(self, inputs: Mapping[str, np.ndarray], num_steps: int) -> np.ndarray:
+  def decode(self, inputs: ModelInputs, num_steps: int) -> np.ndarray:
     """Greedy tokens int32 [B, num_steps] for a batch of prepared inputs."""
-    out = greedy_decode(self.model, self.params, jnp.asarray(inputs["images"]),
-                        jnp.asarray(inputs["image_mask"]), jnp.asarray(inputs["tokens"]),
-                        jnp.asarray(inputs["input_mask"]),
-                        jnp.asarray(inputs["prefix_mask"]), num_steps,
-                        weights=self._prepared_decode_weights())
+    out = greedy_decode(self.model, self.params, *jax.tree.map(jnp.asarray, inputs).args(),
+                        num_steps, weights=self._prepared_decode_weights())
     return np.asarray(jax.device_get(out))
 
   def tokens_to_actions(self, token_ids: Any, dataset: str | None = None,
@@ -392,7 +390,7 @@ class Policy:
         if len(observations) == 1:
           raise
         raise VlaxError(f"batch example {i}: {e}") from None
-    batch = {k: np.stack([ex[k] for ex in examples]) for k in examples[0]}
+    batch = jax.tree.map(lambda *rows: np.stack(rows), *examples)
     steps = max(self.num_decode_steps(n) for n in set(names))
     ids = self.decode(batch, steps)
     actions = [self.tokens_to_actions(row, name) for row, name in zip(ids, names)]
@@ -406,11 +404,10 @@ class Policy:
     n = len(self.cameras) * int(self.seq.window)
     s = self.config.vision.image_size
     prompt = self.builder.prompt_inputs("warm up")
-    batch = {"images": np.zeros((batch_size, n, s, s, 3), np.float32),
-             "image_mask": np.ones((batch_size, n), bool),
-             "tokens": np.tile(prompt["tokens"], (batch_size, 1)),
-             "input_mask": np.tile(prompt["input_mask"], (batch_size, 1)),
-             "prefix_mask": np.tile(prompt["prefix_mask"], (batch_size, 1))}
+    batch = ModelInputs.zeros(batch_size, n, s, self.seq.max_len).replace(
+        tokens=np.tile(prompt["tokens"], (batch_size, 1)),
+        input_mask=np.tile(prompt["input_mask"], (batch_size, 1)),
+        prefix_mask=np.tile(prompt["prefix_mask"], (batch_size, 1)))
     self.decode(batch, k)
 
   def __repr__(self) -> str:

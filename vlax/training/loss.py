@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlax.models.batch import Batch
+
 SOURCE_NAMES = ("robot", "web")
 
 
@@ -40,15 +42,15 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return logz - target_logit
 
 
-def loss_sums(logits: jax.Array, batch: Mapping[str, jax.Array],
-              num_datasets: int) -> dict[str, jax.Array]:
+def loss_sums(logits: jax.Array, batch: Batch, num_datasets: int) -> dict[str, jax.Array]:
   """Sums (not means) of CE / target counts / action accuracy, total and per segment.
 
   Keys: loss_sum, token_count, action_correct, action_count, num_examples, and for
   each of those (but num_examples) `source/<key>` [2] and `dataset/<key>` [num_datasets].
+  A batch without `source` / `dataset_index` counts as segment 0.
   """
   lg, targets, mask, amask = shifted_targets(
-      logits, batch["tokens"], batch["loss_mask"], batch.get("action_token_mask"))
+      logits, batch.inputs.tokens, batch.loss_mask, batch.action_token_mask)
   ce = token_cross_entropy(lg, targets) * mask
   if amask is None:
     amask = jnp.zeros_like(mask)
@@ -62,8 +64,9 @@ def loss_sums(logits: jax.Array, batch: Mapping[str, jax.Array],
   out = {k: v.sum() for k, v in per_example.items()}
   out["num_examples"] = jnp.asarray(lg.shape[0], jnp.float32)
   b = lg.shape[0]
-  source = batch.get("source", jnp.zeros((b,), jnp.int32)).astype(jnp.int32)
-  dataset = batch.get("dataset_index", jnp.zeros((b,), jnp.int32)).astype(jnp.int32)
+  zeros = jnp.zeros((b,), jnp.int32)
+  source = (zeros if batch.source is None else batch.source).astype(jnp.int32)
+  dataset = (zeros if batch.dataset_index is None else batch.dataset_index).astype(jnp.int32)
   for k, v in per_example.items():
     out[f"source/{k}"] = jax.ops.segment_sum(v, source, num_segments=len(SOURCE_NAMES))
     out[f"dataset/{k}"] = jax.ops.segment_sum(v, dataset, num_segments=max(num_datasets, 1))

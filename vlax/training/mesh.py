@@ -89,17 +89,19 @@ def check_batch_size(global_batch_size: int, mesh: Mesh, grad_accum_steps: int =
                     f"processes ({jax.process_count()})")
 
 
-def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Per-host numpy batch -> global jax.Arrays sharded over (data, fsdp).
+def global_batch(local_batch: Any, mesh: Mesh) -> Any:
+  """Per-host numpy batch (a `Batch`, or any pytree of arrays) -> the same structure of
+  global jax.Arrays sharded over (data, fsdp).
 
   Every host passes its own `B / process_count` examples; the global leading dim is
   `B`. Single-process this is a plain sharded device_put.
   """
   sharding = batch_sharding(mesh)
   nproc = jax.process_count()
-  out = {}
-  for k, v in local_batch.items():
+
+  def put(v):
     v = np.asarray(v)
     global_shape = (v.shape[0] * nproc,) + v.shape[1:]
-    out[k] = jax.make_array_from_process_local_data(sharding, v, global_shape)
-  return out
+    return jax.make_array_from_process_local_data(sharding, v, global_shape)
+
+  return jax.tree.map(put, local_batch)

@@ -33,6 +33,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from vlax.errors import VlaxError
+from vlax.models.batch import Batch
 from vlax.training import mesh as mesh_lib
 from vlax.training import optimizer as optimizer_lib
 from vlax.training import tpu_chips
@@ -74,25 +75,15 @@ def plan_vocab_size(config: Any) -> tuple[int | None, str]:
   return max(text_size, default_action_vocab(text_size, n).end), where
 
 
-def example_batch(config: Any, model_config) -> dict[str, np.ndarray]:
-  """A batch of one with the shapes and dtypes the cotrain pipeline yields."""
+def example_batch(config: Any, model_config) -> Batch:
+  """A batch of one with the fields, shapes and dtypes the cotrain pipeline yields."""
   from vlax.data import cotrain  # pylint: disable=g-import-not-at-top
   d = cotrain.resolve_data_config(config)
   cams, size, length = len(tuple(d.cameras)), int(d.image_size), int(d.max_len)
   if int(d.history) > 1:
     cams *= int(d.history)
   del model_config
-  return {
-      "images": np.zeros((1, cams, size, size, 3), np.float32),
-      "image_mask": np.ones((1, cams), bool),
-      "tokens": np.zeros((1, length), np.int32),
-      "input_mask": np.ones((1, length), bool),
-      "prefix_mask": np.ones((1, length), bool),
-      "loss_mask": np.ones((1, length), bool),
-      "action_token_mask": np.ones((1, length), bool),
-      "source": np.zeros((1,), np.int32),
-      "dataset_index": np.zeros((1,), np.int32),
-  }
+  return Batch.zeros(1, cams, size, length)
 
 
 def num_datasets(config: Any) -> int:
@@ -346,13 +337,14 @@ class _Compiled:
   seconds: float = 0.0
 
 
-def _compile(setup, example: Mapping[str, np.ndarray], batch_size: int) -> _Compiled:
+def _compile(setup, example: Batch, batch_size: int) -> _Compiled:
   mesh = setup.mesh
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                        setup.abstract_state, setup.state_sharding)
   bsh = mesh_lib.batch_sharding(mesh)
-  batch = {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype, sharding=bsh)
-           for k, v in example.items() if k in setup.batch_keys}
+  batch = jax.tree.map(
+      lambda v: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype, sharding=bsh),
+      example)
   t = time.time()
   with setup.context():
     lowered = setup.train_step.lower(state, batch)
@@ -423,8 +415,8 @@ def plan(config: Any, topology: str, hbm_capacity_bytes: int | None = None
 
   shards = mesh_shape["data"] * mesh_shape["fsdp"]
   per_chip_batch = batch_size / shards
-  text_len = int(example["tokens"].shape[1])
-  num_images = int(example["images"].shape[1])
+  text_len = int(example.inputs.tokens.shape[1])
+  num_images = int(example.inputs.images.shape[1])
   fwd = presets.forward_flops(model_config, num_images=num_images, text_len=text_len,
                               batch=batch_size)["total"]
   model_flops = 3 * fwd  # forward + backward (2x): the MFU convention

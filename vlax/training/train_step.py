@@ -2,7 +2,7 @@
 
 Shapes of the step:
   state (TrainState, donated, sharded like `state_shardings`) +
-  batch (global jax.Arrays sharded over (data, fsdp))
+  batch (a `Batch` of global jax.Arrays sharded over (data, fsdp))
   -> new state (same shardings) + metrics (replicated small arrays).
 
 Gradient accumulation scans over `grad_accum_steps` microbatches inside the step: the
@@ -17,7 +17,7 @@ function, so gradients reach only the adapters and the model code knows nothing 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -26,14 +26,11 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vlax.models import lora as lora_lib
+from vlax.models.batch import Batch
 from vlax.training import loss as loss_lib
 from vlax.training import mesh as mesh_lib
 from vlax.training.optimizer import path_str
 from vlax.training.state import TrainState
-
-MODEL_INPUTS = ("images", "image_mask", "tokens", "input_mask", "prefix_mask")
-BATCH_KEYS = MODEL_INPUTS + ("loss_mask", "action_token_mask", "source", "dataset_index")
-
 
 def opt_state_shardings(mesh: Mesh, abstract_opt_state: Any, params_sharding: Any,
                         abstract_params: Any) -> Any:
@@ -66,30 +63,32 @@ def state_shardings(mesh: Mesh, abstract_state: TrainState, params_sharding: Any
       rng=rep)
 
 
-def batch_shardings(mesh: Mesh, batch_keys) -> dict[str, NamedSharding]:
+def batch_shardings(mesh: Mesh, example: Batch) -> Batch:
+  """The example's structure (absent optional fields stay None) with every array sharded
+  over the batch axes."""
   sh = mesh_lib.batch_sharding(mesh)
-  return {k: sh for k in batch_keys}
+  return jax.tree.map(lambda _: sh, example)
 
 
-def _model_logits(model: nn.Module, params, batch, lora_scale: float | None = None):
+def _model_logits(model: nn.Module, params, batch: Batch, lora_scale: float | None = None):
   if lora_scale is not None:
     params = lora_lib.merge(params, lora_scale)
-  return model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS))
+  return model.apply({"params": params}, *batch.inputs.args())
 
 
-def _split_microbatches(batch: Mapping[str, jax.Array], k: int, mesh: Mesh | None):
+def _split_microbatches(batch: Batch, k: int, mesh: Mesh | None) -> Batch:
   """[B, ...] -> [k, B/k, ...], microbatch j = rows j, j+k, ... so that every
   microbatch keeps an even split over the batch shards."""
-  out = {}
-  for name, x in batch.items():
+
+  def split(x):
     b = x.shape[0]
-    y = x.reshape((b // k, k) + x.shape[1:])
-    y = jnp.swapaxes(y, 0, 1)
+    y = jnp.swapaxes(x.reshape((b // k, k) + x.shape[1:]), 0, 1)
     if mesh is not None:
       y = jax.lax.with_sharding_constraint(
           y, NamedSharding(mesh, P(None, mesh_lib.BATCH_AXES)))
-    out[name] = y
-  return out
+    return y
+
+  return jax.tree.map(split, batch)
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
@@ -97,7 +96,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     grad_accum_steps: int = 1, mesh: Mesh | None = None,
                     lora_scale: float | None = None,
                     grad_shardings: Any = None) -> Callable:
-  """Returns step(state, batch) -> (state, metrics) (not jitted; see `jit_train_step`).
+  """Returns step(state, batch: Batch) -> (state, metrics) (not jitted; see
+  `jit_train_step`).
 
   grad_shardings: the params' shardings. The gradients are pinned to them, so each
   gradient is reduced straight into its FSDP shard whatever sharding propagation would
@@ -121,10 +121,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       grads = jax.lax.with_sharding_constraint(grads, grad_shardings)
     return out, grads
 
-  def step(state: TrainState, batch: Mapping[str, jax.Array]):
+  def step(state: TrainState, batch: Batch):
     params = jax.tree.map(lambda f, p: jax.lax.stop_gradient(p) if f else p,
                           frozen, state.params)
-    denom = jnp.maximum(batch["loss_mask"][:, 1:].astype(jnp.float32).sum(), 1.0)
+    denom = jnp.maximum(batch.loss_mask[:, 1:].astype(jnp.float32).sum(), 1.0)
     if k == 1:
       (loss, sums), grads = grad_fn(params, batch, denom)
     else:
@@ -171,9 +171,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
 def make_eval_step(model: nn.Module, *, num_datasets: int,
                    lora_scale: float | None = None) -> Callable:
-  """Returns eval(params, batch) -> loss sums (same keys as training's)."""
+  """Returns eval(params, batch: Batch) -> loss sums (same keys as training's)."""
 
-  def step(params, batch):
+  def step(params, batch: Batch):
     logits = _model_logits(model, params, batch, lora_scale)
     return loss_lib.loss_sums(logits, batch, num_datasets)
 
@@ -181,18 +181,20 @@ def make_eval_step(model: nn.Module, *, num_datasets: int,
 
 
 def jit_train_step(step_fn: Callable, mesh: Mesh, state_sharding: TrainState,
-                   batch_keys) -> Callable:
-  """One jit with explicit shardings; the old state is donated (updated in place)."""
+                   example: Batch) -> Callable:
+  """One jit with explicit shardings; the old state is donated (updated in place).
+  `example`: a batch with the fields the data has (its shapes do not matter)."""
   rep = NamedSharding(mesh, P())
   return jax.jit(step_fn,
-                 in_shardings=(state_sharding, batch_shardings(mesh, batch_keys)),
+                 in_shardings=(state_sharding, batch_shardings(mesh, example)),
                  out_shardings=(state_sharding, rep),
                  donate_argnums=(0,))
 
 
-def jit_eval_step(eval_fn: Callable, mesh: Mesh, params_sharding: Any, batch_keys) -> Callable:
+def jit_eval_step(eval_fn: Callable, mesh: Mesh, params_sharding: Any,
+                  example: Batch) -> Callable:
   rep = NamedSharding(mesh, P())
-  return jax.jit(eval_fn, in_shardings=(params_sharding, batch_shardings(mesh, batch_keys)),
+  return jax.jit(eval_fn, in_shardings=(params_sharding, batch_shardings(mesh, example)),
                  out_shardings=rep)
 
 

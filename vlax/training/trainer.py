@@ -51,7 +51,8 @@ data_iterator_fn(config, process_index, process_count, start_step)
     -> (iterator, metadata)
   iterator yields this host's numpy batches: dicts of the model-batch keys
   (images, image_mask, tokens, input_mask, prefix_mask, loss_mask, action_token_mask,
-  source, dataset_index) with leading dim batch_size // process_count. It should seed
+  source, dataset_index: the fields of `vlax.models.batch.Batch`, which is accepted too)
+  with leading dim batch_size // process_count. It should seed
   its shuffling with (config.seed, start_step, process_index) so a resumed run does not
   replay the same order. metadata: JSON-safe dict stored in every checkpoint, keys
   'statistics', 'text_tokenizer', 'action_tokenizer', 'dataset_names' (list, defines
@@ -85,6 +86,7 @@ from vlax.checkpoints import format as ckpt_format
 from vlax.checkpoints import weights as weights_lib
 from vlax.errors import VlaxError
 from vlax.models import lora as lora_lib
+from vlax.models.batch import Batch
 from vlax.training import checkpointing
 from vlax.training import config_checks
 from vlax.training import logging as logging_lib
@@ -93,8 +95,6 @@ from vlax.training import mesh as mesh_lib
 from vlax.training import optimizer as optimizer_lib
 from vlax.training import state as state_lib
 from vlax.training import train_step as step_lib
-
-REQUIRED_KEYS = ("images", "image_mask", "tokens", "input_mask", "prefix_mask", "loss_mask")
 
 
 class TrainingDivergedError(VlaxError):
@@ -212,26 +212,19 @@ def _model_and_rules(model_config):
   return VLA(model_config), sharding_lib
 
 
-def dummy_inputs(example_batch: Mapping[str, np.ndarray]) -> tuple:
-  """Batch-1 zero inputs with the data's per-example shapes (for init / eval_shape)."""
-  out = []
-  for k in step_lib.MODEL_INPUTS:
-    v = np.asarray(example_batch[k])
-    out.append(jnp.zeros((1,) + v.shape[1:], v.dtype))
-  return tuple(out)
-
-
 class ModelSetup:
   """Model, mesh, shardings and the jitted functions built from them."""
 
-  def __init__(self, config: Any, model_config, mesh, example_batch: Mapping[str, Any],
+  def __init__(self, config: Any, model_config, mesh, example_batch: Batch | Mapping[str, Any],
                num_datasets: int):
     self.config = config
     self.mesh = mesh
     self.model, sharding_lib = _model_and_rules(model_config)
     self.rules = sharding_lib.logical_rules()
-    self.batch_keys = tuple(k for k in step_lib.BATCH_KEYS if k in example_batch)
-    dummy = dummy_inputs(example_batch)
+    # The data's fields and per-example shapes (a dict from the data iterator is converted).
+    self.example = (example_batch if isinstance(example_batch, Batch)
+                    else Batch.from_dict(example_batch, "example batch"))
+    dummy = self.example.inputs.dummy().args()
     self._dummy = dummy
     # The key is made inside eval_shape: no concrete array under the mesh context, so the
     # mesh may be an abstract TPU topology (`vlax plan`).
@@ -267,11 +260,11 @@ class ModelSetup:
                                        mesh=mesh, lora_scale=scale,
                                        grad_shardings=self.params_sharding)
     self.train_step = step_lib.jit_train_step(step_fn, mesh, self.state_sharding,
-                                              self.batch_keys)
+                                              self.example)
     eval_fn = step_lib.make_eval_step(self.model, num_datasets=num_datasets,
                                       lora_scale=scale)
     self.eval_step = step_lib.jit_eval_step(eval_fn, mesh, self.params_sharding,
-                                            self.batch_keys)
+                                            self.example)
 
   def context(self):
     """Mesh + logical rules in scope while tracing (the model's activation constraints)."""
@@ -309,25 +302,6 @@ class ModelSetup:
   def evaluate(self, params, batch):
     with self.context():
       return self.eval_step(params, batch)
-
-
-def _check_batch(batch: Mapping[str, Any], local_bs: int, step: int) -> None:
-  if not isinstance(batch, Mapping):
-    raise VlaxError(f"data iterator yielded {type(batch).__name__} at step {step}, "
-                    "expected a dict of arrays")
-  missing = [k for k in REQUIRED_KEYS if k not in batch]
-  if missing:
-    raise VlaxError(f"data batch at step {step} lacks key(s) {missing} "
-                    f"(has {sorted(batch)})")
-  for k, v in batch.items():
-    if k in step_lib.BATCH_KEYS and np.shape(v)[0] != local_bs:
-      raise VlaxError(f"data batch key {k!r} at step {step} has leading dim "
-                      f"{np.shape(v)[0]}, expected the per-host batch {local_bs} "
-                      f"(batch_size / process_count)")
-
-
-def _filter(batch: Mapping[str, Any], keys) -> dict:
-  return {k: np.asarray(batch[k]) for k in keys}
 
 
 def _load_init_params(init_from: str, setup: ModelSetup, seed: int = 0):
@@ -421,8 +395,7 @@ def _evaluate(setup: ModelSetup, params, eval_iterator_fn, config, dataset_names
       b = next(it)
     except StopIteration:
       break
-    _check_batch(b, local_bs, -1)
-    gb = mesh_lib.global_batch(_filter(b, setup.batch_keys), setup.mesh)
+    gb = mesh_lib.global_batch(Batch.from_host(b, local_bs, -1), setup.mesh)
     sums = setup.evaluate(params, gb)
     acc = sums if acc is None else jax.tree.map(jnp.add, acc, sums)
   if acc is None:
@@ -529,8 +502,7 @@ def _reopen_data(data_iterator_fn, config, workdir: str, step: int, pid: int, np
                  local_bs: int):
   """After restore fell back to an earlier `step`: its pipeline and first batch."""
   it, _, restored = _open_data(data_iterator_fn, config, workdir, step, pid, nproc)
-  first = next(it)
-  _check_batch(first, local_bs, step)
+  first = Batch.from_host(next(it), local_bs, step)
   return it, first, restored
 
 
@@ -659,8 +631,7 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
                                                    resume_step, pid, nproc)
     dataset_names = list(data_meta.get("dataset_names", []))
     num_datasets = max(1, len(dataset_names), int(data_meta.get("num_datasets", 0) or 0))
-    first = next(data_it)
-    _check_batch(first, local_bs, start_step)
+    first = Batch.from_host(next(data_it), local_bs, start_step)
 
     model_config = build_model_config(config, data_meta)
     setup = ModelSetup(config, model_config, mesh, first, num_datasets)
@@ -739,8 +710,8 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
               _save(ckpt, data_it, workdir, step, state, metadata, dict(last_metrics),
                     pid, nproc, save_data_state=False)
           break
-        _check_batch(local, local_bs, step)
-      batch = mesh_lib.global_batch(_filter(local, setup.batch_keys), mesh)
+        local = Batch.from_host(local, local_bs, step)
+      batch = mesh_lib.global_batch(local, mesh)
       state, metrics = setup.step(state, batch)
       step += 1
       acc = metrics if acc is None else _acc_jit(acc, metrics)
