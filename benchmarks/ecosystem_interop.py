@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 @contextlib.contextmanager
 def _torchvision_stand_in():
   """lerobot-dataset imports torchvision without using it to write (see
-  tests/test_lerobot_import.py): an empty module for that import when it is missing."""
+  tests/e2e/test_lerobot_import.py): an empty module for that import when it is missing."""
   if importlib.util.find_spec("torchvision") is not None:
     yield
     return

@@ -1,5 +1,5 @@
 """Synthetic robot frames in the contract's frame format (two embodiments), for the
-sequence-builder and co-training tests (owned with tests/test_sequence.py)."""
+sequence-builder and co-training tests (owned with tests/unit/test_sequence.py)."""
 
 import numpy as np
 

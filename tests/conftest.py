@@ -26,3 +26,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+# Normalization statistics are cached under $VLAX_CACHE_DIR (default ~/.cache/vlax): give the
+# session its own, so a run neither reads nor leaves another run's statistics.
+if "VLAX_CACHE_DIR" not in os.environ:
+  _stats = tempfile.mkdtemp(prefix="vlax-tests-cache-")
+  atexit.register(shutil.rmtree, _stats, ignore_errors=True)
+  os.environ["VLAX_CACHE_DIR"] = _stats

@@ -16,5 +16,5 @@ fi
 python -m pip install -q -e '.[test]'
 # Test-only, installed without their pins: openpi-client pins numpy<2 (it runs on numpy 2);
 # lerobot-dataset pins torch/torchvision versions that clash with ours (its module-level
-# torchvision import is stubbed in tests/test_lerobot_import.py).
+# torchvision import is stubbed in tests/e2e/test_lerobot_import.py).
 python -m pip install -q --no-deps openpi-client==0.1.2 lerobot-dataset==0.4.4

@@ -5,7 +5,7 @@ Every command reports bad input as one line `error: ...` naming the culprit and 
 
 Each subcommand imports its module when it runs, so `vlax --help` answers in a tenth of
 a second without loading jax, numpy or TensorFlow (CLI_STARTUP_HEAVY in
-tests/test_layering.py holds the measured import times).
+tests/unit/test_layering.py holds the measured import times).
 """
 
 from __future__ import annotations

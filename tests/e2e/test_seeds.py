@@ -68,7 +68,7 @@ def test_train_resumes_past_step_10000_with_a_large_seed(tmp_path):
   from vlax.cli import _data_fns  # pylint: disable=import-outside-toplevel
   from vlax.config import load_config  # pylint: disable=import-outside-toplevel
   from vlax.training.trainer import train  # pylint: disable=import-outside-toplevel
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   config = load_config(os.path.join(root, "experiments", "debug.py"), [
       f"seed={BIG_SEED}", f"num_steps={LATE_STEP + 2}", "batch_size=8",
       "checkpoint_every=2", "eval_every=0", "log_every=2", "model.preset=tiny",

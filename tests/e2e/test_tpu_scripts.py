@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TPU_PY = os.path.join(ROOT, "tpu_scripts", "tpu.py")
 GPU_PY = os.path.join(ROOT, "tpu_scripts", "gpu_launch.py")
 BASH = shutil.which("bash")

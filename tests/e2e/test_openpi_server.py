@@ -19,7 +19,7 @@ from vlax.inference import msgpack_arrays
 from vlax.inference import openpi_server
 from vlax.inference.policy import Policy
 
-import test_policy as tp
+import _policy_utils as tp
 
 
 def _need(module):
@@ -33,7 +33,7 @@ websocket_client_policy = _need("openpi_client.websocket_client_policy")
 ws_client = _need("websockets.sync.client")
 ws_exceptions = _need("websockets.exceptions")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _start(app):

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RATIOS = ("data_vs_decode_ceiling", "train_step_vs_hf", "decode_vs_hf",
           "train_flops_vs_matmul", "kv_cache_speedup")
 FIGURES = ("data_pipeline_frames_per_s", "train_step_seconds", "matmul_flops_per_s",

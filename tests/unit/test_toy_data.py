@@ -82,7 +82,7 @@ def test_write_toy_robot_data_is_readable_and_registered(tmp_path):
 
 
 def test_make_toy_robot_data_cli(tmp_path):
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   out = subprocess.run(
       [sys.executable, os.path.join(root, "data_pipelines", "make_toy_robot_data.py"),
        "--data_dir", str(tmp_path), "--num_episodes", "2", "--image_size", "16",
@@ -93,8 +93,8 @@ def test_make_toy_robot_data_cli(tmp_path):
 
 
 def test_convert_episodes_to_rlds_and_template(tmp_path):
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), "data_pipelines"))
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__)))), "data_pipelines"))
   import convert_episodes_to_rlds as conv  # pylint: disable=g-import-not-at-top
   h5py = pytest.importorskip("h5py")
   rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ from vlax.errors import VlaxError
 from vlax.inference import export as export_lib
 from vlax.inference.policy import Policy
 
-import test_policy as tp
+import _policy_utils as tp
 
 INSTR = "pick up the red block"
 

@@ -22,7 +22,7 @@ from vlax.training.optimizer import path_str
 import _train_utils as U
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, "_train_worker.py")
+WORKER = os.path.join(os.path.dirname(HERE), "_train_worker.py")  # tests/_train_worker.py
 
 
 def free_port() -> int:
@@ -37,7 +37,7 @@ def child_env():
   # Not the 8 devices of conftest: the worker asks for its own count.
   env.pop("XLA_FLAGS", None)
   env.pop("JAX_NUM_CPU_DEVICES", None)
-  env["PYTHONPATH"] = os.pathsep.join([HERE, env.get("PYTHONPATH", "")])
+  env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HERE), env.get("PYTHONPATH", "")])
   return env
 
 

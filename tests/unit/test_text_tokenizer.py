@@ -9,7 +9,7 @@ import pytest
 from vlax.data.text_tokenizer import TOY_MODEL_PATH, TextTokenizer, load_toy_tokenizer
 from vlax.errors import VlaxError
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_toy_tokenizer_special_ids_and_round_trip():

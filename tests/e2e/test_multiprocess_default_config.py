@@ -17,7 +17,7 @@ import pytest
 import vlax
 from test_multiprocess import free_port, wait_all
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _env():

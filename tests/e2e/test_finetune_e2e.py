@@ -13,7 +13,7 @@ L1 (normalized), against both; and closed-loop success on c (20 episodes, the sa
 for every policy) against the from-scratch policy and the zero / random baselines.
 
 The workflow runs in a subprocess (one CPU device, no 8-device test mesh) through the
-CLI: `python tests/test_finetune_e2e.py ROOT [SEED]` runs it by hand and prints the
+CLI: `python tests/e2e/test_finetune_e2e.py ROOT [SEED]` runs it by hand and prints the
 numbers.
 """
 
@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-# Manual runs may change the budget: VLAX_E2E_PRE_STEPS=3000 python tests/test_finetune_e2e.py
+# Manual runs may change the budget: VLAX_E2E_PRE_STEPS=3000 python tests/e2e/test_finetune_e2e.py
 # The debug model leaves its proprio-only plateau after ~1500 steps (README "Toy closed
 # loop"); 150 steps, as this test once used, transfer only the action format.
 PRE_STEPS = int(os.environ.get("VLAX_E2E_PRE_STEPS", 2000))
@@ -129,7 +129,7 @@ def test_finetune_changes_action_dim_chunk_and_cameras(tmp_path):
   pre = str(tmp_path / "pre")
   assert cli.main(["train", "--workdir", pre, *tiny]) == 0
   ft = str(tmp_path / "ft")
-  config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  config = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                         "experiments", "finetune_new_robot.py")
   assert cli.main(["train", "--config", config, "--workdir", ft,
                    *tiny, f"--config.init_from={pre}/checkpoints",
@@ -150,7 +150,7 @@ def test_finetune_beats_untuned_and_scratch(tmp_path):
   env.pop("XLA_FLAGS", None)  # one CPU device: the tiny model is not worth 8 shards
   env["JAX_PLATFORMS"] = "cpu"
   env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   out = tmp_path / "result.json"
   proc = subprocess.run(
       [sys.executable, os.path.abspath(__file__), str(tmp_path / "run"), "0", str(out)],

@@ -20,7 +20,7 @@ from vlax.errors import VlaxError
 
 pytest.importorskip("metaworld", reason="needs the [sim] extra: pip install -e '.[sim]'")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EASY = ("reach-v3", "drawer-close-v3")
 
 

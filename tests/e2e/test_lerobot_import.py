@@ -22,7 +22,7 @@ import types
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "data_pipelines"))
 
 import convert_lerobot_to_rlds as lr  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -32,7 +32,7 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent / "vlax"
+ROOT = pathlib.Path(__file__).resolve().parents[2] / "vlax"
 
 LAYERS = (
     ("vlax", "vlax.errors", "vlax.utils", "vlax.config"),
@@ -298,7 +298,7 @@ def test_imports_are_at_module_level():
   new = [f"{MODULES[m].relative_to(ROOT.parent)}:{line}: import of {name} inside a "
          f"function" for m, name, line in found if (m, name) not in KNOWN_VIOLATIONS]
   assert not new, ("imports belong at module level (lazy only for HEAVY packages, see "
-                   "tests/test_layering.py):\n" + "\n".join(new))
+                   "tests/unit/test_layering.py):\n" + "\n".join(new))
 
 
 def test_known_violations_are_still_there():

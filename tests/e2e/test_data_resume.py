@@ -145,7 +145,7 @@ def test_train_resume_continues_the_data_stream(tmp_path):
   from vlax.cli import _data_fns
   from vlax.config import load_config
   from vlax.training.trainer import train
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   config = load_config(os.path.join(root, "experiments", "debug.py"), [
       "num_steps=4", "batch_size=8", "checkpoint_every=2", "keep_checkpoints=5",
       "eval_every=0", "log_every=2", "model.preset=tiny", "data.image_size=32",

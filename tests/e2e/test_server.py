@@ -12,7 +12,7 @@ import pytest
 from vlax.inference import server as server_lib
 from vlax.inference.policy import Policy
 
-import test_policy as tp
+import _policy_utils as tp
 
 
 @pytest.fixture(scope="module")
