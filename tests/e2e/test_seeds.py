@@ -13,6 +13,8 @@ import pytest
 from vlax.data import cotrain
 from vlax.data import seeds
 
+from test_data_resume import data_config
+
 BIG_SEED = 2**31 - 1
 LATE_STEP = 12_000
 
@@ -31,7 +33,6 @@ def test_folds_stay_int64_and_keep_small_values():
 
 
 def _data_config(seed):
-  from tests.test_data_resume import data_config  # pylint: disable=import-outside-toplevel
   config = data_config(augment=True)
   config.seed = seed
   return config
