@@ -68,7 +68,6 @@ HEAVY = {
 # (importing module, imported module) -> why it is still a function-level import.
 # Every entry is debt: fix it and delete the line. A new function-level import that is
 # neither here nor allowed above fails the test.
-_TRAINER_SPLIT = "trainer split pending (issue 15: file owned by another change)"
 _EVAL = "evaluation/ reorganization pending (issue 15: file owned by the Meta-World work)"
 _METAWORLD = "Meta-World modules (merged from main; owned by the Meta-World change)"
 _CLI = "cli.py: subcommands import their module when run (startup time of `vlax --help`)"
@@ -105,23 +104,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     ("vlax.evaluation.run", "vlax.models.config"): _EVAL,
     ("vlax.evaluation.run", "vlax.models.decoding"): _EVAL,
     ("vlax.evaluation.run", "vlax.models.vla"): _EVAL,
-    ("vlax.training.checkpointing", "etils"): _TRAINER_SPLIT,
-    ("vlax.training.checkpointing", "jax.experimental"): _TRAINER_SPLIT,
-    ("vlax.training.plan", "jax.experimental"): _TRAINER_SPLIT,
-    ("vlax.training.plan", "json"): _TRAINER_SPLIT,
-    ("vlax.training.plan", "vlax.actions"): _TRAINER_SPLIT,
-    ("vlax.training.plan", "vlax.config"): _TRAINER_SPLIT,
-    ("vlax.training.plan", "vlax.data.cotrain"): _TRAINER_SPLIT,
-    ("vlax.training.plan", "vlax.data.text_tokenizer"): _TRAINER_SPLIT,
-    ("vlax.training.plan", "vlax.models.presets"): _TRAINER_SPLIT,
-    ("vlax.training.trainer", "ast"): _TRAINER_SPLIT,
-    ("vlax.training.trainer", "contextlib"): _TRAINER_SPLIT,
-    ("vlax.training.trainer", "etils"): _TRAINER_SPLIT,
-    ("vlax.training.trainer", "jax.experimental"): _TRAINER_SPLIT,
-    ("vlax.training.trainer", "vlax.models.config"): _TRAINER_SPLIT,
-    ("vlax.training.trainer", "vlax.models.presets"): _TRAINER_SPLIT,
-    ("vlax.training.trainer", "vlax.models.sharding"): _TRAINER_SPLIT,
-    ("vlax.training.trainer", "vlax.models.vla"): _TRAINER_SPLIT,
     ("vlax.data.oxe.metaworld", "multiprocessing"): _METAWORLD,
     ("vlax.data.oxe.metaworld", "numpy"): _METAWORLD,
     ("vlax.data.oxe.metaworld", "vlax.data.metaworld_env"): _METAWORLD,
