@@ -206,7 +206,6 @@ def test_trainer_lora_run_trains_adapters_only_and_records_metadata(lora_run):
 
 @pytest.mark.slow  # shares a ~40 s tiny LoRA training run (fixture)
 def test_init_from_lora_checkpoint_merges_and_vocab_mismatch_names_sizes(lora_run):
-  from vlax.training import trainer  # pylint: disable=g-import-not-at-top
   workdir, _, _ = lora_run
   root = str(workdir / "checkpoints")
   params, meta = ckpt_format.load_params(root)
@@ -225,7 +224,6 @@ def test_init_from_lora_checkpoint_merges_and_vocab_mismatch_names_sizes(lora_ru
 
 @pytest.mark.slow  # shares a ~40 s tiny LoRA training run (fixture)
 def test_init_from_keeps_or_resets_optimizer_state(lora_run, tmp_path):
-  from vlax.training import trainer  # pylint: disable=g-import-not-at-top
   workdir, config, out = lora_run
   root = str(workdir / "checkpoints")
   setup = _setup(config)

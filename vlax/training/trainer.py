@@ -62,6 +62,8 @@ __all__ = ["train", "default_train_config", "TrainingDivergedError", "ModelSetup
 
 REQUIRED_KEYS = ("images", "image_mask", "tokens", "input_mask", "prefix_mask", "loss_mask")
 
+_acc_jit = jax.jit(step_lib.accumulate)  # adds a step's metric sums to the window's
+
 
 def train(config: Any, workdir: str, *,
           data_iterator_fn: Callable[..., tuple[Iterator[Mapping[str, np.ndarray]], dict]],
@@ -73,16 +75,16 @@ def train(config: Any, workdir: str, *,
   `on_log(step, metrics)` is called on every process at each log step (metrics.jsonl is
   written by process 0 only).
   Returns {'step': last step, 'preempted': bool, 'resumed_from': step or None,
-  'metrics': last logged metrics, 'state': the final TrainState, 'seconds': float}. Raises TrainingDivergedError on NaN/Inf (nothing is
-  saved for the bad steps; the error names the newest good checkpoint, which a re-run
+  'metrics': last logged metrics, 'state': the final TrainState, 'seconds': float}.
+  Raises TrainingDivergedError on NaN/Inf (nothing is saved for the bad steps; the error names the newest good checkpoint, which a re-run
   resumes from), checkpointing.CheckpointSaveError when a save fails (training stops;
   earlier checkpoints are intact), VlaxError on bad input.
   """
   t_start = time.time()
   preemption = Preemption()  # first, so a SIGTERM during set-up is not fatal
   try:
-    return _train(with_defaults(config), workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log,
-                  preemption, t_start)
+    return _train(with_defaults(config), workdir, data_iterator_fn, eval_iterator_fn, mesh,
+                  on_log, preemption, t_start)
   finally:
     preemption.close()
 
@@ -342,6 +344,7 @@ def _filter(batch: Mapping[str, Any], keys) -> dict:
 
 def _evaluate(setup: ModelSetup, params, eval_iterator_fn, config, dataset_names,
               local_bs: int) -> dict[str, float]:
+  """eval/ metrics: the loss over `config.eval_steps` batches of a fresh eval stream."""
   it = eval_iterator_fn(config, jax.process_index(), jax.process_count())
   acc = None
   for i in range(int(config.eval_steps)):
@@ -357,5 +360,3 @@ def _evaluate(setup: ModelSetup, params, eval_iterator_fn, config, dataset_names
     return {}
   return loss_lib.summarize(jax.device_get(acc), dataset_names, prefix="eval/")
 
-
-_acc_jit = jax.jit(step_lib.accumulate)
