@@ -114,6 +114,7 @@ def main(argv=None):
 
   import jax  # pylint: disable=g-import-not-at-top
   from vlax.models import presets  # pylint: disable=g-import-not-at-top
+  from vlax.models import sharding  # pylint: disable=g-import-not-at-top
   from vlax.models.batch import Batch  # pylint: disable=g-import-not-at-top
   from vlax.training import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from vlax.training import trainer  # pylint: disable=g-import-not-at-top
@@ -142,7 +143,7 @@ def main(argv=None):
   batch = Batch.from_dict(
       synthetic_batch(bs, args.num_cams, image_size, args.seq_len, vocab, args.prefix_len))
 
-  mesh = mesh_lib.make_mesh(1, -1, 1)
+  mesh = sharding.make_mesh(1, -1, 1)
   gbatch = mesh_lib.global_batch(batch, mesh)
   unrolls = ([None] if args.scan_unroll is None else
              [_parse_unroll(u) for u in args.scan_unroll.split(",") if u.strip()])

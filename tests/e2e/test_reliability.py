@@ -18,6 +18,7 @@ import pytest
 from vlax import cli
 from vlax.errors import VlaxError
 from vlax.training import checkpointing
+from vlax.training import data_state
 from vlax.training import mesh as mesh_lib
 from vlax.training import trainer
 
@@ -187,13 +188,13 @@ def test_truncated_tf_data_state_falls_back_to_a_fresh_stream(tmp_path, capsys):
   next(it)
   d = tmp_path / "data_state" / "1" / "process_0"
   ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
-  trainer._save_data_state(it, str(tmp_path), 1, 0, 1, ckpt)  # pylint: disable=protected-access
+  data_state.save(it, str(tmp_path), 1, 0, 1, set(ckpt.all_steps()))
   ckpt.close()
   for name in sorted(os.listdir(d)):
     if name.startswith("iterator.data"):
       _truncate(d / name)
   capsys.readouterr()
-  fresh, _, restored = trainer._open_data(data_fn, config, str(tmp_path), 1, 0, 1)  # pylint: disable=protected-access
+  fresh, _, restored = data_state.open_data(data_fn, config, str(tmp_path), 1, 0, 1)
   assert not restored and "data state not restored" in capsys.readouterr().out
   assert fresh.batches_read == 0 and next(fresh)["tokens"].shape == (4, 40)
 

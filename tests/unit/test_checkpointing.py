@@ -10,6 +10,7 @@ import pytest
 from vlax.checkpoints import format as ckpt_format
 from vlax.errors import VlaxError
 from vlax.training import checkpointing
+from vlax.training import init_from
 from vlax.training import mesh as mesh_lib
 from vlax.training import trainer
 from vlax.training.state import TrainState
@@ -144,7 +145,7 @@ def test_init_from_checkpoint_and_shape_mismatch(trained):
   mesh = mesh_lib.mesh_from_config({"data": 1, "fsdp": 4, "tensor": 2})
   setup = trainer.ModelSetup(config, trainer.build_model_config(config, U.metadata()), mesh,
                              U.make_batch(8), 3)
-  params = trainer._load_init_params(root, setup)  # pylint: disable=protected-access
+  params = init_from.load_params(root, setup)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(params),
                jax.device_get(out["state"].params))
   jax.tree.map(lambda x, s: x.sharding == s or pytest.fail(str(x.sharding)), params,
@@ -153,7 +154,7 @@ def test_init_from_checkpoint_and_shape_mismatch(trained):
   setup2 = trainer.ModelSetup(bigger, trainer.build_model_config(bigger, U.metadata()), mesh,
                               U.make_batch(8), 3)
   with pytest.raises(VlaxError, match="do not match the configured model"):
-    trainer._load_init_params(root, setup2)  # pylint: disable=protected-access
+    init_from.load_params(root, setup2)
 
 
 @pytest.mark.slow

@@ -83,25 +83,7 @@ CLI_STARTUP_HEAVY = {
 # (importing module, imported module) -> why it is still a function-level import.
 # Every entry is debt: fix it and delete the line. A new function-level import that is
 # neither here nor allowed above fails the test.
-_TRAINER_SPLIT = "trainer split pending (issue 15: file owned by another change)"
 KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("vlax.training.checkpointing", "etils"): _TRAINER_SPLIT,
-    ("vlax.training.checkpointing", "jax.experimental"): _TRAINER_SPLIT,
-    ("vlax.training.plan", "jax.experimental"): _TRAINER_SPLIT,
-    ("vlax.training.plan", "json"): _TRAINER_SPLIT,
-    ("vlax.training.plan", "vlax.actions"): _TRAINER_SPLIT,
-    ("vlax.training.plan", "vlax.config"): _TRAINER_SPLIT,
-    ("vlax.training.plan", "vlax.data.cotrain"): _TRAINER_SPLIT,
-    ("vlax.training.plan", "vlax.data.text_tokenizer"): _TRAINER_SPLIT,
-    ("vlax.training.plan", "vlax.models.presets"): _TRAINER_SPLIT,
-    ("vlax.training.trainer", "ast"): _TRAINER_SPLIT,
-    ("vlax.training.trainer", "contextlib"): _TRAINER_SPLIT,
-    ("vlax.training.trainer", "etils"): _TRAINER_SPLIT,
-    ("vlax.training.trainer", "jax.experimental"): _TRAINER_SPLIT,
-    ("vlax.training.trainer", "vlax.models.config"): _TRAINER_SPLIT,
-    ("vlax.training.trainer", "vlax.models.presets"): _TRAINER_SPLIT,
-    ("vlax.training.trainer", "vlax.models.sharding"): _TRAINER_SPLIT,
-    ("vlax.training.trainer", "vlax.models.vla"): _TRAINER_SPLIT,
 }
 
 

@@ -16,6 +16,7 @@ from vlax.models import lora as lora_lib
 from vlax.models.batch import Batch, ModelInputs
 from vlax.models.presets import get_preset
 from vlax.models.vla import VLA, init_params
+from vlax.training import init_from
 from vlax.training import optimizer as optimizer_lib
 from vlax.training import state as state_lib
 from vlax.training import train_step as step_lib
@@ -206,46 +207,44 @@ def test_trainer_lora_run_trains_adapters_only_and_records_metadata(lora_run):
 
 @pytest.mark.slow  # shares a ~40 s tiny LoRA training run (fixture)
 def test_init_from_lora_checkpoint_merges_and_vocab_mismatch_names_sizes(lora_run):
-  from vlax.training import trainer  # pylint: disable=g-import-not-at-top
   workdir, _, _ = lora_run
   root = str(workdir / "checkpoints")
   params, meta = ckpt_format.load_params(root)
   setup = _setup(tu.tiny_config())
-  got = jax.device_get(trainer._load_init_params(root, setup))  # pylint: disable=protected-access
+  got = jax.device_get(init_from.load_params(root, setup))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                got, export_lib.merge_lora(params, meta["lora"]))
   with pytest.raises(VlaxError, match=r"vocabulary size differs.*128 tokens.*has 256"):
-    trainer._load_init_params(root, _setup(tu.tiny_config(), vocab=256))  # pylint: disable=protected-access
+    init_from.load_params(root, _setup(tu.tiny_config(), vocab=256))
   # A LoRA fine-tune of a LoRA checkpoint: merged base + fresh (identity) adapters.
   setup = _setup(tu.tiny_config(**{"lora.rank": 4}))
-  got = jax.device_get(trainer._load_init_params(root, setup, seed=5))  # pylint: disable=protected-access
+  got = jax.device_get(init_from.load_params(root, setup, seed=5))
   assert got["llm"]["layers"]["mlp"]["linear_lora_a"].shape[-1] == 4
   assert np.all(got["llm"]["layers"]["mlp"]["linear_lora_b"] == 0)
 
 
 @pytest.mark.slow  # shares a ~40 s tiny LoRA training run (fixture)
 def test_init_from_keeps_or_resets_optimizer_state(lora_run, tmp_path):
-  from vlax.training import trainer  # pylint: disable=g-import-not-at-top
   workdir, config, out = lora_run
   root = str(workdir / "checkpoints")
   setup = _setup(config)
-  params = trainer._load_init_params(root, setup)  # pylint: disable=protected-access
+  params = init_from.load_params(root, setup)
   state = setup.create_state(params, 0)
-  kept, msg = trainer._init_opt_state(root, setup, state, reset=False)  # pylint: disable=protected-access
+  kept, msg = init_from.with_opt_state(root, setup, state, reset=False)
   assert "kept" in msg
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(kept.opt_state),
                jax.device_get(out["state"].opt_state))
-  fresh, msg = trainer._init_opt_state(root, setup, state, reset=True)  # pylint: disable=protected-access
+  fresh, msg = init_from.with_opt_state(root, setup, state, reset=True)
   assert "fresh" in msg and fresh is state
   # Another optimizer layout (no LoRA): keeping is refused with the fix in the message.
   plain = _setup(tu.tiny_config())
-  state = plain.create_state(trainer._load_init_params(root, plain), 0)  # pylint: disable=protected-access
+  state = plain.create_state(init_from.load_params(root, plain), 0)
   with pytest.raises(VlaxError, match="reset_optimizer=True"):
-    trainer._init_opt_state(root, plain, state, reset=False)  # pylint: disable=protected-access
+    init_from.with_opt_state(root, plain, state, reset=False)
   # An export bundle has no optimizer state: fresh, said so.
   bundle = str(tmp_path / "bundle")
   export_lib.export(root, bundle)
-  _, msg = trainer._init_opt_state(bundle, plain, state, reset=False)  # pylint: disable=protected-access
+  _, msg = init_from.with_opt_state(bundle, plain, state, reset=False)
   assert "no optimizer state" in msg
 
 

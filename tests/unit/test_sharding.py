@@ -31,12 +31,12 @@ def setup():
 def test_make_mesh_sizes_and_errors():
   mesh = sharding.make_mesh(data=-1, fsdp=2, tensor=2)
   assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
-  assert dict(sharding.make_mesh().shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+  assert dict(sharding.make_mesh().shape) == {"data": 1, "fsdp": 8, "tensor": 1}
   with pytest.raises(VlaxError, match="needs 12 devices"):
     sharding.make_mesh(data=3, fsdp=2, tensor=2)
-  with pytest.raises(VlaxError, match="not divisible"):
+  with pytest.raises(VlaxError, match="do not divide"):
     sharding.make_mesh(data=-1, fsdp=3)
-  with pytest.raises(VlaxError, match="only one"):
+  with pytest.raises(VlaxError, match="at most one"):
     sharding.make_mesh(data=-1, fsdp=-1)
 
 

@@ -6,6 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from vlax.errors import VlaxError
+from vlax.models import sharding
 from vlax.models.batch import Batch
 from vlax.training import mesh as mesh_lib
 from vlax.training import trainer
@@ -93,15 +94,15 @@ def test_frozen_vision_bf16_remat_and_accumulation():
 
 
 def test_mesh_shapes_and_batch_checks():
-  assert mesh_lib.resolve_mesh_shape(1, -1, 2, 8) == (1, 4, 2)
-  assert mesh_lib.resolve_mesh_shape(-1, 2, 1, 8) == (4, 2, 1)
+  assert sharding.resolve_mesh_shape(1, -1, 2, 8) == (1, 4, 2)
+  assert sharding.resolve_mesh_shape(-1, 2, 1, 8) == (4, 2, 1)
   with pytest.raises(VlaxError, match="at most one"):
-    mesh_lib.resolve_mesh_shape(-1, -1, 1, 8)
+    sharding.resolve_mesh_shape(-1, -1, 1, 8)
   with pytest.raises(VlaxError, match="needs 12 devices"):
-    mesh_lib.resolve_mesh_shape(3, 4, 1, 8)
+    sharding.resolve_mesh_shape(3, 4, 1, 8)
   with pytest.raises(VlaxError, match="do not divide"):
-    mesh_lib.resolve_mesh_shape(3, -1, 1, 8)
-  mesh = mesh_lib.make_mesh(2, -1, 2)
+    sharding.resolve_mesh_shape(3, -1, 1, 8)
+  mesh = sharding.make_mesh(2, -1, 2)
   assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
   with pytest.raises(VlaxError, match="batch_size=6"):
     mesh_lib.check_batch_size(6, mesh)

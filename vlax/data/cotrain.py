@@ -400,9 +400,6 @@ def robot_entries(spec: Any) -> list[tuple[str, float]]:
   return mixture_lib.parse_datasets(list(spec))
 
 
-_robot_entries = robot_entries  # the old name (vlax.evaluation.run, vlax.training.plan)
-
-
 @dataclasses.dataclass(frozen=True)
 class RobotData:
   """The robot datasets of a data config, resolved once per run (`robot_data`)."""

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from vlax.config import apply_overrides, load_config
-from vlax.data.cotrain import _robot_entries, resolve_data_config
+from vlax.data.cotrain import resolve_data_config, robot_entries
 from vlax.data.oxe import registry
 from vlax.data.oxe import toy
 from vlax.data.sequence import SequenceBuilder, filter_flagged, numpy_iterator
@@ -55,7 +55,7 @@ class EvalData:
                datasets: Sequence[str] | None = None):
     self.config = config
     self.data = resolve_data_config(config)
-    entries = _robot_entries(self.data.robot_datasets)
+    entries = robot_entries(self.data.robot_datasets)
     if datasets:
       known = [n for n, _ in entries]
       unknown = [n for n in datasets if n not in known]

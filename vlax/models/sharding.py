@@ -8,7 +8,7 @@ A dimension whose size the mesh axes do not divide is replicated instead (e.g. o
 KV head with tensor=2), see `param_shardings`.
 
 Usage:
-  mesh = make_mesh(data=-1, fsdp=2, tensor=1)
+  mesh = make_mesh(data=-1, fsdp=2, tensor=1)  # the config's mesh: mesh_from_config
   abstract, shardings = abstract_params_and_shardings(model, mesh, example_inputs(cfg))
   params = jax.device_put(params, shardings)
   with mesh_context(mesh):
@@ -61,28 +61,42 @@ def logical_rules() -> tuple[tuple[str, Any], ...]:
   return LOGICAL_RULES
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
+def resolve_mesh_shape(data: int, fsdp: int, tensor: int,
+                       num_devices: int) -> tuple[int, int, int]:
+  """Replaces a single -1 by what is left of `num_devices`; checks the product."""
+  shape = [int(data), int(fsdp), int(tensor)]
+  if shape.count(-1) > 1:
+    raise VlaxError(f"mesh: at most one of mesh.data/fsdp/tensor may be -1, got {shape}")
+  for name, v in zip(MESH_AXES, shape):
+    if v == 0 or v < -1:
+      raise VlaxError(f"mesh.{name}={v}: must be a positive size or -1")
+  known = math.prod(v for v in shape if v != -1)
+  if -1 in shape:
+    if num_devices % known:
+      raise VlaxError(f"mesh: {num_devices} devices do not divide by the fixed axes "
+                      f"{dict(zip(MESH_AXES, shape))}")
+    shape[shape.index(-1)] = num_devices // known
+  if math.prod(shape) != num_devices:
+    raise VlaxError(f"mesh: {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} "
+                    f"devices, there are {num_devices}")
+  return tuple(shape)
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A ('data', 'fsdp', 'tensor') mesh with Auto axis types; one size may be -1 (= the rest)."""
+  """The one mesh builder: ('data', 'fsdp', 'tensor') over all devices of all processes
+  (or `devices`, e.g. a TPU topology's abstract ones); one size may be -1 (= the rest).
+  The defaults are the training config's (`mesh.fsdp=-1`: FSDP over everything).
+
+  Auto axis types: flax linen's logical constraints need them (jax >= 0.9 defaults to
+  Explicit).
+  """
   devices = list(jax.devices() if devices is None else devices)
-  sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
-  free = [k for k, v in sizes.items() if v == -1]
-  for k, v in sizes.items():
-    if v != -1 and (not isinstance(v, int) or v < 1):
-      raise VlaxError(f"mesh.{k} must be a positive integer or -1, got {v!r}")
-  if len(free) > 1:
-    raise VlaxError(f"only one mesh axis may be -1, got {free}")
-  known = math.prod(v for v in sizes.values() if v != -1)
-  if free:
-    if len(devices) % known:
-      raise VlaxError(f"mesh {sizes}: {len(devices)} devices are not divisible by {known}")
-    sizes[free[0]] = len(devices) // known
-  shape = tuple(sizes[k] for k in MESH_AXES)
-  if math.prod(shape) != len(devices):
-    raise VlaxError(f"mesh data={shape[0]} fsdp={shape[1]} tensor={shape[2]} needs "
-                    f"{math.prod(shape)} devices, but there are {len(devices)}")
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
-                       devices=devices)
+  shape = resolve_mesh_shape(data, fsdp, tensor, len(devices))
+  auto = (jax.sharding.AxisType.Auto,) * 3
+  if devices == list(jax.devices()):
+    return jax.make_mesh(shape, MESH_AXES, axis_types=auto)
+  return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
 
 
 @contextlib.contextmanager

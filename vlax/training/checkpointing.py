@@ -38,6 +38,8 @@ from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
+from etils import epath  # local or gs:// paths
+from jax.experimental import multihost_utils
 
 from vlax.checkpoints import format as ckpt_format
 from vlax.errors import VlaxError
@@ -76,6 +78,19 @@ def _unflat_opt_state(flat: Mapping[str, Any], like: Any) -> Any:
 def _abstract(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def read_opt_state(directory: str, abstract_opt_state: Any, opt_state_sharding: Any,
+                   replicated: Any) -> Any:
+  """The optimizer state saved in `directory` (a step's OPT_STATE item) onto
+  `opt_state_sharding`: what `init_from` reads to keep a checkpoint's optimizer state.
+  Raises OptimizerMismatchError (or orbax's error) when it does not fit."""
+  ocp = _ocp()
+  opt_abs = _flat_opt_state(_abstract(abstract_opt_state, opt_state_sharding))
+  opt_abs["num_leaves"] = jax.ShapeDtypeStruct((), np.int32, sharding=replicated)
+  flat = ocp.PyTreeCheckpointer().restore(directory, args=ocp.args.PyTreeRestore(
+      item=opt_abs, restore_args=ocp.checkpoint_utils.construct_restore_args(opt_abs)))
+  return _unflat_opt_state(flat, abstract_opt_state)
 
 
 class OptimizerMismatchError(VlaxError):
@@ -208,7 +223,6 @@ class Checkpointer:
     self._saving: int | None = None  # a save not yet seen finished on disk
 
   def _step_path(self, step: int):
-    from etils import epath  # pylint: disable=g-import-not-at-top  (local or gs://)
     return epath.Path(self.root) / str(step)
 
   def _is_complete(self, step: int) -> bool:
@@ -443,5 +457,4 @@ class Checkpointer:
 
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(name)

@@ -28,8 +28,9 @@ from vlax.utils import path_str  # (also this module's public name for it)
 DEFAULT_NO_DECAY = (r"bias$", r"scale$", r"norm", r"LayerNorm", r"pos_embedding$",
                     r"input_embedding$")
 
-# `config.optimizer`: the one default of every key (the training config's section is a
-# copy of this; `make_optimizer` fills missing keys from here and nowhere else).
+# `config.optimizer`: the one default of every key. `vlax.training.config` builds the
+# training config's section from it, and `make_optimizer` (also usable on its own) fills
+# missing keys from here and nowhere else.
 DEFAULTS: dict[str, Any] = {
     "name": "adamw",          # 'adamw' | 'adafactor' | 'sgd'
     "lr": 3e-4,               # peak learning rate

@@ -22,6 +22,7 @@ the TPU compiler. From the executable:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -30,14 +31,21 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from jax.experimental import topologies
 from jax.sharding import NamedSharding
 
+from vlax.actions import default_action_vocab
+from vlax.config import load_config
+from vlax.data import cotrain
+from vlax.data.text_tokenizer import TextTokenizer, load_toy_tokenizer
 from vlax.errors import VlaxError
+from vlax.models import presets
 from vlax.models.batch import Batch
+from vlax.training import config as config_lib
 from vlax.training import mesh as mesh_lib
 from vlax.training import optimizer as optimizer_lib
+from vlax.training import setup as setup_lib
 from vlax.training import tpu_chips
-from vlax.training import trainer
 
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all",
                "collective-permute")
@@ -57,15 +65,11 @@ def plan_vocab_size(config: Any) -> tuple[int | None, str]:
   exists: read it. Otherwise (e.g. pretrain_oxe's Gemma tokenizer left empty): the
   model preset's own vocabulary (PaliGemma's 257,152, which the action bins fit into).
   """
-  from vlax.actions import default_action_vocab  # pylint: disable=g-import-not-at-top
-  from vlax.data import cotrain  # pylint: disable=g-import-not-at-top
   d = cotrain.resolve_data_config(config)
   path = str(d.text_tokenizer or "")
   if path == "toy":
-    from vlax.data.text_tokenizer import load_toy_tokenizer  # pylint: disable=g-import-not-at-top
     text_size, where = load_toy_tokenizer().vocab_size, "toy text tokenizer"
   elif path and os.path.exists(path):
-    from vlax.data.text_tokenizer import TextTokenizer  # pylint: disable=g-import-not-at-top
     text_size, where = TextTokenizer(path).vocab_size, path
   else:
     return None, "model preset (no text tokenizer given)"
@@ -77,7 +81,6 @@ def plan_vocab_size(config: Any) -> tuple[int | None, str]:
 
 def example_batch(config: Any, model_config) -> Batch:
   """A batch of one with the fields, shapes and dtypes the cotrain pipeline yields."""
-  from vlax.data import cotrain  # pylint: disable=g-import-not-at-top
   d = cotrain.resolve_data_config(config)
   cams, size, length = len(tuple(d.cameras)), int(d.image_size), int(d.max_len)
   if int(d.history) > 1:
@@ -87,15 +90,13 @@ def example_batch(config: Any, model_config) -> Batch:
 
 
 def num_datasets(config: Any) -> int:
-  from vlax.data import cotrain  # pylint: disable=g-import-not-at-top
   d = cotrain.resolve_data_config(config)
-  robot = cotrain._robot_entries(d.robot_datasets)  # pylint: disable=protected-access
+  robot = cotrain.robot_entries(d.robot_datasets)
   return max(1, len(robot) + len(tuple(d.web_sources or ())))
 
 
 def topology_devices(topo: tpu_chips.Topology) -> list:
   """libtpu's abstract devices of the slice (one per chip: megacore on v4/v5p)."""
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   kwargs = {"chip_config_name": "megacore"} if topo.chip.cores_per_chip == 2 else {}
   # No TPU is opened here: let several plans (or a plan beside a TPU job) load libtpu.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -365,13 +366,13 @@ def _suggestion(config, mesh_shape, per_chip_batch, largest_batch, args, temps,
     tips.append(f"a smaller per-chip batch (about {max(largest_batch, 0)} fits: "
                 f"batch_size={max(largest_batch, 1) * mesh_shape['data'] * mesh_shape['fsdp']}"
                 " or optimizer.grad_accum_steps)")
-  if temps > args and not bool(config.model.get("remat", False)):
+  if temps > args and not bool(config.model.remat):
     tips.append("model.remat=True (recompute activations in the backward pass)")
   if args > 0.3 * capacity:
     if mesh_shape["fsdp"] < math.prod(mesh_shape.values()):
       tips.append("more FSDP (mesh.data=1, mesh.fsdp=-1)")
     tips.append("tensor parallelism (mesh.tensor=2 or 4)")
-    if config.optimizer.get("name", "adamw") == "adamw":
+    if config.optimizer.name == "adamw":
       tips.append("optimizer.name=adafactor (factored second moments)")
   return "; ".join(tips) or "a larger topology"
 
@@ -380,18 +381,18 @@ _BUILT: dict[tuple[str, str], tuple] = {}  # one compile per (config, topology) 
 
 
 def _build(config: Any, topo: tpu_chips.Topology) -> tuple:
-  key = (trainer.config_to_dict(config).__repr__(), topo.topology)
+  config = config_lib.with_defaults(config)
+  key = (config_lib.config_to_dict(config).__repr__(), topo.topology)
   if key in _BUILT:
     return _BUILT[key]
   devices = topology_devices(topo)
-  mesh = mesh_lib.mesh_from_config(dict(config.mesh), devices=devices)
+  mesh = mesh_lib.mesh_from_config(config.mesh, devices=devices)
   batch_size = int(config.batch_size)
-  accum = int(config.optimizer.get("grad_accum_steps", 1))
-  mesh_lib.check_batch_size(batch_size, mesh, accum)
+  mesh_lib.check_batch_size(batch_size, mesh, int(config.optimizer.grad_accum_steps))
   vocab, vocab_source = plan_vocab_size(config)
-  model_config = trainer.build_model_config(config, {"vocab_size": vocab} if vocab else {})
+  model_config = setup_lib.build_model_config(config, {"vocab_size": vocab} if vocab else {})
   example = example_batch(config, model_config)
-  setup = trainer.ModelSetup(config, model_config, mesh, example, num_datasets(config))
+  setup = setup_lib.ModelSetup(config, model_config, mesh, example, num_datasets(config))
   result = _compile(setup, example, batch_size)
   _BUILT.clear()  # keep only the latest executable alive
   _BUILT[key] = (mesh, model_config, vocab_source, example, setup, result)
@@ -405,13 +406,13 @@ def plan(config: Any, topology: str, hbm_capacity_bytes: int | None = None
   hbm_capacity_bytes: judge `fits` against this instead of the chip's HBM (tests, or
   to keep headroom); the compile is reused for the same config and topology.
   """
-  from vlax.models import presets  # pylint: disable=g-import-not-at-top
+  config = config_lib.with_defaults(config)
   topo = tpu_chips.resolve(topology)
   chip = topo.chip
   mesh, model_config, vocab_source, example, setup, result = _build(config, topo)
   mesh_shape = {k: int(v) for k, v in mesh.shape.items()}
   batch_size = int(config.batch_size)
-  accum = int(config.optimizer.get("grad_accum_steps", 1))
+  accum = int(config.optimizer.grad_accum_steps)
 
   shards = mesh_shape["data"] * mesh_shape["fsdp"]
   per_chip_batch = batch_size / shards
@@ -430,7 +431,7 @@ def plan(config: Any, topology: str, hbm_capacity_bytes: int | None = None
       "topology": topo.topology, "accelerator": topology, "chips": topo.chips,
       "mesh": mesh_shape, "global_batch": batch_size, "per_chip_batch": per_chip_batch,
       "grad_accum_steps": accum,
-      "model": {"preset": config.model.get("preset"), "dtype": model_config.dtype,
+      "model": {"preset": config.model.preset, "dtype": model_config.dtype,
                 "remat": remat, "remat_policy": model_config.remat_policy,
                 "params": presets.count_params(model_config)["total"],
                 "vocab_size": model_config.llm.vocab_size, "vocab_source": vocab_source,
@@ -553,8 +554,6 @@ def _largest_batch(per_chip_batch: float, fixed: float, temps: float,
 
 def main_plan(config_path: str | None, topology: str, overrides, out: str | None) -> dict:
   """`vlax plan`: prints the plan as JSON (and writes it to `out`)."""
-  import json  # pylint: disable=g-import-not-at-top
-  from vlax.config import load_config  # pylint: disable=g-import-not-at-top
   tpu_chips.resolve(topology)  # a bad name fails before anything heavy
   config = load_config(config_path, overrides)
   result = plan(config, topology)

@@ -1,7 +1,7 @@
 """The train step (one jitted function) and the eval step.
 
 Shapes of the step:
-  state (TrainState, donated, sharded like `state_shardings`) +
+  state (TrainState, donated, sharded like `setup.state_shardings`) +
   batch (a `Batch` of global jax.Arrays sharded over (data, fsdp))
   -> new state (same shardings) + metrics (replicated small arrays).
 
@@ -29,38 +29,7 @@ from vlax.models import lora as lora_lib
 from vlax.models.batch import Batch
 from vlax.training import loss as loss_lib
 from vlax.training import mesh as mesh_lib
-from vlax.training.optimizer import path_str
 from vlax.training.state import TrainState
-
-def opt_state_shardings(mesh: Mesh, abstract_opt_state: Any, params_sharding: Any,
-                        abstract_params: Any) -> Any:
-  """Optimizer-state leaves that mirror a param (same path suffix and shape, e.g. Adam's
-  mu/nu) get that param's sharding; everything else (counts, factored stats) is
-  replicated."""
-  by_path = {}
-  for (p, leaf), sh in zip(jax.tree_util.tree_flatten_with_path(abstract_params)[0],
-                           jax.tree.leaves(params_sharding)):
-    by_path[path_str(p)] = (tuple(leaf.shape), sh)
-  rep = NamedSharding(mesh, P())
-
-  def pick(path, leaf):
-    keys = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
-    for i in range(len(keys)):
-      hit = by_path.get("/".join(keys[i:]))
-      if hit is not None and hit[0] == tuple(leaf.shape):
-        return hit[1]
-    return rep
-
-  return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
-
-
-def state_shardings(mesh: Mesh, abstract_state: TrainState, params_sharding: Any) -> TrainState:
-  rep = NamedSharding(mesh, P())
-  return TrainState(
-      step=rep, params=params_sharding,
-      opt_state=opt_state_shardings(mesh, abstract_state.opt_state, params_sharding,
-                                    abstract_state.params),
-      rng=rep)
 
 
 def batch_shardings(mesh: Mesh, example: Batch) -> Batch:
