@@ -37,6 +37,10 @@ def child_env():
   # Not the 8 devices of conftest: the worker asks for its own count.
   env.pop("XLA_FLAGS", None)
   env.pop("JAX_NUM_CPU_DEVICES", None)
+  # No shared XLA compilation cache (tests/conftest.py) across the processes of one run: a
+  # process that loads a step its peer just compiled and cached, instead of compiling it
+  # too, hung in its first CPU (gloo) collective in CI (2026-12-01, both two-process tests).
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
   env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HERE), env.get("PYTHONPATH", "")])
   return env
 

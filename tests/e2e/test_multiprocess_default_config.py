@@ -25,6 +25,7 @@ def _env():
   env["JAX_PLATFORMS"] = "cpu"
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
   env.pop("JAX_NUM_CPU_DEVICES", None)
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # see test_multiprocess.child_env
   env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
   return env
 
