@@ -1,6 +1,6 @@
-"""Test setup: 8 virtual CPU devices for sharding tests, quiet TensorFlow, one XLA
-compilation cache for the session, and `tests/` on sys.path for the shared helpers
-(`_train_utils`, `_model_utils`, `_seq_utils`) used by tests/unit and tests/e2e."""
+"""Test setup: 8 virtual CPU devices for sharding tests, quiet TensorFlow, per-session
+XLA compilation and statistics caches, and `tests/` on sys.path for the shared helpers
+(`_train_utils`, `_model_utils`, `_seq_utils`, `_policy_utils`) of unit/ and e2e/."""
 
 import atexit
 import os
@@ -17,23 +17,26 @@ if "xla_force_host_platform_device_count" not in _flags:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-# Many tests (and the `vlax train` processes they start, which inherit the environment)
-# compile the same tiny models; XLA's persistent cache compiles each once per session. It
-# lives in a fresh directory removed at exit, so no run sees another run's executables.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  _cache = tempfile.mkdtemp(prefix="vlax-tests-xla-cache-")
-  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+
+def _session_dir(var: str, prefix: str) -> bool:
+  """Sets $var to a fresh directory removed at exit, unless it is set; xdist workers and
+  the processes tests start inherit it. True when it was made here."""
+  if var in os.environ:
+    return False
+  path = tempfile.mkdtemp(prefix=prefix)
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
+  os.environ[var] = path
+  return True
+
+
+# Many tests (and the `vlax train` processes they start) compile the same tiny models;
+# XLA's persistent cache compiles each once per session, and no run sees another's.
+if _session_dir("JAX_COMPILATION_CACHE_DIR", "vlax-tests-xla-cache-"):
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-
-# Normalization statistics are cached under $VLAX_CACHE_DIR (default ~/.cache/vlax): give the
-# session its own, so a run neither reads nor leaves another run's statistics.
-if "VLAX_CACHE_DIR" not in os.environ:
-  _stats = tempfile.mkdtemp(prefix="vlax-tests-cache-")
-  atexit.register(shutil.rmtree, _stats, ignore_errors=True)
-  os.environ["VLAX_CACHE_DIR"] = _stats
-
+# Normalization statistics are cached under $VLAX_CACHE_DIR (default ~/.cache/vlax): the
+# session gets its own, so a run neither reads nor leaves another run's statistics.
+_session_dir("VLAX_CACHE_DIR", "vlax-tests-cache-")
 
 # The longest test files, started first: with two xdist workers (README's test command) the
 # other worker meanwhile runs everything else, so both finish at about the same time.
