@@ -32,6 +32,9 @@ def save(ckpt: checkpointing.Checkpointer, data_it, workdir: str, step: int, sta
       d = data_state.state_dir(workdir, step, pid)
       if d.exists():
         d.rmtree()
+      # Settle the save still in flight first (on a full disk it fails too, and then that
+      # is the error raised): the message must name a checkpoint that is really on disk.
+      ckpt.wait(prune=False)
       good = ckpt.good_steps()
       raise checkpointing.CheckpointSaveError(
           f"saving the data state of step {step} to {d} failed "
