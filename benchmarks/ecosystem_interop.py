@@ -40,9 +40,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 
 @contextlib.contextmanager
-def _torchvision_stand_in():
-  """lerobot-dataset imports torchvision without using it to write (see
-  tests/e2e/test_lerobot_import.py): an empty module for that import when it is missing."""
+def torchvision_stand_in():
+  """lerobot-dataset imports torchvision without using it to write, and the registry's
+  torchvision does not match our CPU torch: an empty module for that import when it is
+  missing (also used by tests/e2e/test_lerobot_import.py). `datasets` probes for
+  torchvision with find_spec when imported, so it is imported first."""
   if importlib.util.find_spec("torchvision") is not None:
     yield
     return
@@ -58,7 +60,7 @@ def _torchvision_stand_in():
 
 def write_lerobot(root: str, episodes: int, frames: int, size: int) -> float:
   """A synthetic LeRobot v3.0 dataset (moving gradients, two video cameras); seconds."""
-  with _torchvision_stand_in():
+  with torchvision_stand_in():
     from ledataset.datasets.lerobot_dataset import LeRobotDataset  # pylint: disable=g-import-not-at-top
   img = {"dtype": "video", "shape": (size, size, 3), "names": ["height", "width", "channels"]}
   features = {"observation.images.image": img, "observation.images.wrist_image": img,

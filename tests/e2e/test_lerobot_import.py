@@ -10,14 +10,12 @@ when torchvision is not importable, `_import_lerobot` puts an empty stand-in mod
 imports LeRobot).
 """
 
-import contextlib
 import importlib.util
 import io
 import json
 import os
 import shutil
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -26,6 +24,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(REPO, "data_pipelines"))
 
 import convert_lerobot_to_rlds as lr  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import ecosystem_interop  # pylint: disable=g-import-not-at-top,wrong-import-position  (its torchvision stand-in)
 
 
 def _need(module):
@@ -44,27 +45,11 @@ TASKS = ("pick up the cup", "open the drawer")
 VIDEO_HW, IMAGE_HW = (48, 64), (32, 32)
 
 
-@contextlib.contextmanager
-def _torchvision_stand_in():
-  if importlib.util.find_spec("torchvision") is not None:
-    yield
-    return
-  import datasets  # pylint: disable=g-import-not-at-top,unused-import
-  # (`datasets` probes for torchvision with find_spec when imported: import it first.)
-  tv = types.ModuleType("torchvision")
-  tv.transforms = types.ModuleType("torchvision.transforms")
-  sys.modules["torchvision"], sys.modules["torchvision.transforms"] = tv, tv.transforms
-  try:
-    yield
-  finally:
-    del sys.modules["torchvision"], sys.modules["torchvision.transforms"]
-
-
 def _import_lerobot():
   _need("datasets")
   if importlib.util.find_spec("ledataset") is None and not os.environ.get("CI"):
     pytest.skip("lerobot-dataset is not installed")
-  with _torchvision_stand_in():
+  with ecosystem_interop.torchvision_stand_in():
     from ledataset.datasets.lerobot_dataset import LeRobotDataset  # pylint: disable=g-import-not-at-top
   return LeRobotDataset
 

@@ -25,31 +25,6 @@ from vlax.training import trainer
 import _train_utils as U
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compile_once(tmp_path_factory):
-  """A persistent compilation cache for this module only: most runs here train the
-  same tiny config, so they compile once (~30 s -> ~3 s a run on 2 cores)."""
-  try:  # private API (re-reads the cache settings); without it: no cache, slower only
-    from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
-    compilation_cache.reset_cache  # pylint: disable=pointless-statement
-  except (ImportError, AttributeError):
-    yield
-    return
-  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-          "jax_persistent_cache_min_entry_size_bytes")
-  before = {k: getattr(jax.config, k) for k in keys}
-  values = (str(tmp_path_factory.mktemp("jax_cache")), 0, 0)
-  for k, v in zip(keys, values):
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()  # re-read the settings (checked once per process)
-  try:
-    yield
-  finally:
-    for k, v in before.items():
-      jax.config.update(k, v)
-    compilation_cache.reset_cache()
-
-
 def _mesh():
   return mesh_lib.mesh_from_config({"data": 1, "fsdp": 1, "tensor": 1},
                                    devices=jax.devices()[:1])
