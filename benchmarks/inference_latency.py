@@ -1,7 +1,7 @@
 """Action-generation latency: greedy decoding with the KV cache vs. full re-computation.
 
   python benchmarks/inference_latency.py [--preset debug] [--action_tokens N]
-      [--prompt_len L] [--repeats R] [--quick] [--json OUT]
+      [--prompt_len L] [--repeats R] [--dtype bfloat16] [--quick] [--json OUT]
 
 One observation (batch 1, one camera) and an L-token instruction prefix; N = K x A
 action tokens (default 4 steps x 7 dims = 28). Reports p50 / p99 latency of
@@ -139,17 +139,20 @@ def bench_policy(preset: str, repeats: int) -> dict[str, Any]:
 def run(preset: str = "debug", quick: bool = True, tiny: bool = False,
         prompt_len: int = 16, action_tokens: int | None = None, repeats: int | None = None,
         batch: int = 1, vocab_size: int | None = None, recompute: bool = True,
-        policy: bool = True) -> dict[str, Any]:
+        policy: bool = True, dtype: str | None = None) -> dict[str, Any]:
   from vlax.models import presets  # pylint: disable=g-import-not-at-top
   if tiny:
     preset = "tiny"
   config = presets.get_preset(preset)
+  if dtype:  # weights and compute in one dtype (bfloat16 serving on an accelerator)
+    config = dataclasses.replace(config, dtype=dtype, param_dtype=dtype)
   if vocab_size:
     config = dataclasses.replace(config, llm=dataclasses.replace(config.llm,
                                                                  vocab_size=vocab_size))
   action_tokens = action_tokens or (8 if tiny else 28)
   repeats = repeats or (3 if tiny else 20 if quick else 100)
   out: dict[str, Any] = {"benchmark": "inference_latency", "preset": preset,
+                         "dtype": config.dtype,
                          "params": presets.count_params(config)["total"],
                          "repeats": repeats, "machine": common.machine_info()}
   out.update(bench_decoding(config, prompt_len, action_tokens, repeats, batch, recompute))
@@ -185,10 +188,13 @@ def main(argv=None) -> dict[str, Any]:
   p.add_argument("--no_policy", action="store_true")
   p.add_argument("--quick", action="store_true")
   p.add_argument("--tiny", action="store_true")
+  p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                 help="weights and compute dtype of the decoding benchmark (default: the "
+                 "preset's, float32)")
   p.add_argument("--json", default=None)
   a = p.parse_args(argv)
   r = run(a.preset, a.quick, a.tiny, a.prompt_len, a.action_tokens, a.repeats, a.batch,
-          a.vocab_size, not a.no_recompute, not a.no_policy)
+          a.vocab_size, not a.no_recompute, not a.no_policy, a.dtype)
   print(common.table(summary_rows(r), [f"latency [{r['preset']}]", "p50 s", "p99 s"]))
   print(f"KV cache speedup {r.get('kv_cache_speedup', float('nan')):.2f}x; per cached token "
         f"{r['per_token_cached_s'] * 1e3:.2f} ms; tokens equal: "
