@@ -27,7 +27,7 @@ import numpy as np
 from etils import epath
 
 from vlax.checkpoints import big_vision
-from vlax.checkpoints.format import short_error
+from vlax.checkpoints.format import short_error, tree_metadata
 from vlax.errors import VlaxError
 from vlax.models.presets import PRESETS
 
@@ -55,15 +55,6 @@ def params_dir(src: str) -> epath.Path:
   raise VlaxError(f"{src} is not an openpi checkpoint: no params/ directory")
 
 
-def _tree_metadata(meta: Any) -> Any:
-  """Orbax 0.11 returns the tree (a dict); 0.12 a StepMetadata/TreeMetadata object."""
-  for attr in ("item_metadata", "tree"):
-    inner = getattr(meta, attr, None)
-    if inner is not None and not isinstance(meta, Mapping):
-      return _tree_metadata(inner)
-  return meta
-
-
 def _strip_value(flat: dict[str, Any]) -> dict[str, Any]:
   """Drops a trailing `/value` when every leaf has one (state saved from nnx)."""
   if flat and all(k.endswith("/value") for k in flat):
@@ -75,15 +66,17 @@ def read_params(src: str) -> dict[str, np.ndarray]:
   """The flat ('/'-joined, without `PaliGemma/`) host arrays of SRC/params, on-disk dtype."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = params_dir(src)
-  ckptr = ocp.PyTreeCheckpointer()
+  handler = ocp.PyTreeCheckpointHandler()  # the item alone: no step-metadata lookups
   try:
-    tree = _tree_metadata(ckptr.metadata(path))
+    tree = tree_metadata(handler.metadata(path))
     tree = {k: tree[k] for k in tree}  # a plain dict at the top
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    raw = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    raw = handler.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
   except Exception as e:  # pylint: disable=broad-except
     raise VlaxError(f"cannot read the openpi params at {path}: {short_error(e)}"
                     ) from None
+  finally:
+    handler.close()
   if not isinstance(raw, Mapping) or "params" not in raw:
     raise VlaxError(f"{path}: expected a tree saved as {{'params': ...}}, got top-level "
                     f"keys {sorted(raw) if isinstance(raw, Mapping) else type(raw)}")
