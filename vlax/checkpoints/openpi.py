@@ -137,11 +137,18 @@ def load_params(src: str, dtype: str = "float32") -> tuple[Any, dict[str, Any], 
 
 
 def asset_ids(src: str) -> list[str]:
-  """The asset ids with a norm_stats.json under SRC/assets."""
-  assets = _epath(src) / "assets"
-  if not assets.is_dir():
-    return []
-  return sorted(d.name for d in assets.iterdir() if (d / "norm_stats.json").exists())
+  """The asset ids with a norm_stats.json under SRC/assets (openpi's ids may hold a
+  slash, e.g. "physical-intelligence/libero")."""
+  found, todo = [], [(_epath(src) / "assets", "")]
+  while todo:
+    d, rel = todo.pop()
+    if not d.is_dir() or rel.count("/") > 3:
+      continue
+    if rel and (d / "norm_stats.json").exists():
+      found.append(rel)
+    todo.extend((c, f"{rel}/{c.name}" if rel else c.name) for c in d.iterdir()
+                if c.is_dir())
+  return sorted(found)
 
 
 def read_norm_stats(src: str, asset_id: str) -> dict[str, dict[str, list[float]]]:

@@ -72,6 +72,7 @@ def import_openpi(src: str, out: str, *, asset_id: str | None = None,
                   max_len: int | None = None, action_dim: int | None = None,
                   cameras: Sequence[str] | None = None, step: int = 0) -> dict[str, Any]:
   """Converts SRC into OUT/<step>; returns a summary dict (what was chosen, and why)."""
+  openpi_ckpt.params_dir(src)  # SRC itself first: "not found" before "no norm stats"
   asset_id = choose_asset_id(src, asset_id)
   norm = choose_norm(norm, src, asset_id)
   text_path = text_tokenizer or default_text_tokenizer()
