@@ -61,7 +61,7 @@ def test_import_finetune_serve_openpi_client(tmp_path, capsys):
                "--config.batch_size=8", "--config.log_every=1",
                "--config.checkpoint_every=2", "--config.data.image_size=32",
                "--config.data.chunk_len=4", "--config.data.max_len=64",
-               "--config.data.toy_episodes=6", "--config.data.shuffle_buffer=8",
+               "--config.data.toy_episodes=20", "--config.data.shuffle_buffer=8",
                "--config.model.dtype=float32", "--config.optimizer.warmup_steps=1",
                "--config.logging.progress=False", "--config.logging.tensorboard=False"]
               ) == 0, capsys.readouterr().err
@@ -72,6 +72,12 @@ def test_import_finetune_serve_openpi_client(tmp_path, capsys):
   assert meta["action_tokenizer"]["vocab"] == imported["action_tokenizer"]["vocab"]
   assert meta["text_tokenizer"]["sha256"] == imported["text_tokenizer"]["sha256"]
   assert meta["lora"]["rank"] == 16
+  # Offline eval of the fine-tune (the recipe's 4th command) reports wrong-length decodes.
+  assert main(["eval", "--checkpoint", os.path.join(run, "checkpoints"), "--out",
+               str(tmp_path / "eval"), "--max-batches", "1"]) == 0, capsys.readouterr().err
+  with open(tmp_path / "eval" / "report.json") as f:
+    report = json.load(f)
+  assert isinstance(report["decode_errors"], int) and report["decode_errors"] >= 0
 
   policy, srv, port = _serve(os.path.join(run, "checkpoints"), "toy_reach_c")
   try:
