@@ -14,6 +14,7 @@ from vlax.checkpoints import format as ckpt_format
 from vlax.cli import main
 from vlax.data.normalization import unnormalize
 from vlax.data.text_tokenizer import TOY_MODEL_PATH
+from vlax.errors import VlaxError
 from vlax.inference import openpi_server
 from vlax.inference.policy import Policy
 
@@ -102,3 +103,27 @@ def test_import_finetune_serve_openpi_client(tmp_path, capsys):
                                                   st["normalization_type"]), rtol=1e-5)
   assert json.dumps(client.get_server_metadata()["key_map"]["state"]) == json.dumps(
       ["observation/joint_position", "observation/gripper_position"])
+
+
+def test_serve_names_the_dataset_flag_on_a_multi_robot_checkpoint(tmp_path):
+  root = str(tmp_path / "ckpt")  # the check reads the metadata before any weights
+  ckpt_format.save_checkpoint(root, 0, {"x": np.zeros(1, np.float32)},
+                              {"model": {}, "statistics": {"robot_a": {}, "robot_b": {}}})
+  with pytest.raises(VlaxError, match=r"choose one with --dataset from \['robot_a', "
+                                      r"'robot_b'\]"):
+    openpi_server.serve_openpi(root, port=0, warmup=False)
+
+
+def test_libero_key_map_takes_openpis_libero_client_keys():
+  key_map = openpi_server.load_key_map(
+      os.path.join(REPO, "experiments", "openpi_key_maps", "libero.json"), "libero",
+      ("primary", "wrist", "secondary"))
+  rng = np.random.default_rng(0)
+  obs = {"observation/image": rng.integers(0, 256, (224, 224, 3), np.uint8),
+         "observation/wrist_image": rng.integers(0, 256, (224, 224, 3), np.uint8),
+         "observation/state": rng.normal(size=8), "prompt": "put the bowl on the plate"}
+  out, prompt = openpi_server.to_policy_inputs(obs, key_map, 8)
+  assert sorted(out) == ["image_primary", "image_wrist", "proprio"]
+  assert out["image_wrist"] is obs["observation/wrist_image"]
+  np.testing.assert_allclose(out["proprio"], obs["observation/state"].astype(np.float32))
+  assert prompt == obs["prompt"]

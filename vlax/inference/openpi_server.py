@@ -37,6 +37,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from vlax.checkpoints import format as ckpt_format
+from vlax.checkpoints import weights as weights_lib
 from vlax.errors import VlaxError
 from vlax.inference import msgpack_arrays
 from vlax.inference.policy import Policy
@@ -301,10 +303,12 @@ def serve_openpi(checkpoint: str, host: str = "127.0.0.1", port: int = 8000,
                     f"{max_message_bytes / (1 << 20):g} MiB and {idle_timeout_s:g} s")
   if key_map_path and not os.path.exists(key_map_path):
     raise VlaxError(f"key map file {key_map_path} does not exist")
+  if dataset is None and not weights_lib.is_released(checkpoint):  # before loading
+    keys = sorted(ckpt_format.read_metadata(checkpoint, step).get("statistics") or {})
+    if len(keys) > 1:
+      raise VlaxError(f"checkpoint {checkpoint} holds statistics of several datasets; "
+                      f"choose one with --dataset from {keys}")
   policy = Policy(checkpoint, step, dataset)
-  if dataset is None and len(policy.dataset_keys) > 1:
-    raise VlaxError(f"{policy.where} holds statistics of several datasets; choose one "
-                    f"with --dataset from {policy.dataset_keys}")
   name = policy._resolve_dataset(dataset)  # pylint: disable=protected-access
   key_map = load_key_map(key_map_path, name, policy.cameras)
   app = OpenPIPolicyServer(policy, name, key_map, max_message_bytes=max_message_bytes,
