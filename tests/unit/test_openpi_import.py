@@ -160,3 +160,22 @@ def test_cli_import_and_its_errors(tmp_path, capsys):
                "--text-tokenizer", TOY, "--chunk-len", "4"]) == 0
   line = capsys.readouterr().out
   assert "chunk 4 x 3" in line and "'franka' (quantile)" in line
+
+
+def test_fast_import_records_tokenizer_json_and_openpi_ids(tmp_path):
+  from tokenizers import ByteLevelBPETokenizer  # pylint: disable=g-import-not-at-top
+  bpe = ByteLevelBPETokenizer()
+  bpe.train_from_iterator(["".join(chr(354 + d) for d in range(-3, 4))] * 20,
+                          vocab_size=280, show_progress=False, special_tokens=[])
+  os.makedirs(tmp_path / "fast")
+  bpe.save(str(tmp_path / "fast" / "tokenizer.json"))
+  src = str(tmp_path / "src")
+  ou.write_checkpoint(src, ou.tiny_config(1000, 2048))
+  r = openpi_import.import_openpi(src, str(tmp_path / "out"), text_tokenizer=TOY,
+                                  fast_tokenizer=str(tmp_path / "fast"))
+  assert (r["action_tokenizer"], r["chunk_len"]) == ("fast", 10)
+  act = ckpt_format.read_metadata(str(tmp_path / "out"))["action_tokenizer"]
+  assert act["style"] == "openpi" and (act["scale"], act["min_token"]) == (10.0, -354)
+  assert act["tokenizer_json"] == open(tmp_path / "fast" / "tokenizer.json").read()
+  # id t -> V - 1 - 128 - t with V = 1000 + 2048 + 128 embedding rows.
+  assert act["vocab"] == {"start": 1000, "size": 2048, "reverse": True, "tail": 128}
