@@ -48,7 +48,9 @@ def build_model_config(config: Any, data_metadata: Mapping[str, Any] | None = No
   m = c.model
   if m.preset == "init_from":  # the architecture of the checkpoint fine-tuned from
     if not c.init_from:
-      raise VlaxError("model.preset='init_from' needs config.init_from")
+      raise VlaxError("model.preset='init_from' needs config.init_from (without the "
+                      "checkpoint, e.g. for `vlax plan`, name the architecture: "
+                      "--config.model.preset=paligemma_3b for openpi's models)")
     d = dict(ckpt_format.read_metadata(c.init_from)["model"])
   else:
     d = get_preset(m.preset).to_dict()
