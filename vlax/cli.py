@@ -1,4 +1,5 @@
-"""`vlax <command>`: train, plan, eval, stats, inspect-data, import-paligemma, export.
+"""`vlax <command>`: train, plan, eval, stats, inspect-data, import-paligemma,
+import-openpi, export, serve.
 
 Every command reports bad input as one line `error: ...` naming the culprit and exits 2;
 `--debug` (or VLAX_DEBUG=1) shows the full traceback instead.
@@ -103,6 +104,12 @@ def _cmd_import_paligemma(args: argparse.Namespace, overrides: list[str]) -> Non
   del overrides
   from vlax.checkpoints.pretrained import main_import
   main_import(args.src, args.out)
+
+
+def _cmd_import_openpi(args: argparse.Namespace, overrides: list[str]) -> None:
+  del overrides
+  from vlax.data.openpi_import import main_import_openpi
+  main_import_openpi(args)
 
 
 def _cmd_eval(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -215,6 +222,37 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("src", help="HF PaliGemmaForConditionalGeneration directory or .npz")
   p.add_argument("out", help="output vlax checkpoint directory")
   p.set_defaults(fn=_cmd_import_paligemma)
+
+  p = sub.add_parser(
+      "import-openpi", help="convert an openpi pi0-FAST / PaliGemma-binning checkpoint",
+      description="Convert an openpi checkpoint (SRC/params Orbax tree, SRC/assets/<ID>/"
+      "norm_stats.json; local or gs://) into a vlax checkpoint that predicts and "
+      "fine-tunes in openpi's token format (data.sequence_format='openpi').")
+  p.add_argument("src", help="openpi checkpoint directory (holds params/ and assets/)")
+  p.add_argument("out", help="output vlax checkpoint directory")
+  p.add_argument("--asset-id", default=None,
+                 help="norm stats to use (assets/<ID>; default: the only one there)")
+  p.add_argument("--fast-tokenizer", default=None,
+                 help="directory (or tokenizer.json) of the physical-intelligence/fast "
+                 "processor: FAST actions (pi0-FAST); without it: 256 bins (binning)")
+  p.add_argument("--text-tokenizer", default=None,
+                 help="PaliGemma's SentencePiece model (default: openpi's cached "
+                 "~/.cache/openpi/big_vision/paligemma_tokenizer.model)")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="parameter dtype written (float32 for fine-tuning)")
+  p.add_argument("--norm", default="auto", choices=["auto", "quantile", "zscore"],
+                 help="normalization the model was trained with (auto: z-score for "
+                 "LIBERO, openpi's released pi0_fast_libero; else quantile)")
+  p.add_argument("--chunk-len", type=int, default=None,
+                 help="action horizon (default: 10 for FAST, 15 for bins)")
+  p.add_argument("--max-len", type=int, default=None,
+                 help="token sequence length (default: 250 for FAST, 400 for bins)")
+  p.add_argument("--action-dim", type=int, default=None,
+                 help="keep the first N action dims of the norm stats (default: all)")
+  p.add_argument("--cameras", default=None,
+                 help="vlax names of openpi's three camera slots, in its order (default: "
+                 "primary,secondary,wrist; LIBERO: primary,wrist,secondary)")
+  p.set_defaults(fn=_cmd_import_openpi)
 
   p = sub.add_parser("export", help="write a self-contained release bundle of a checkpoint")
   p.add_argument("checkpoint")

@@ -1,5 +1,7 @@
 """The vlax checkpoint format: Orbax step dirs + JSON metadata."""
 
+import logging
+
 import jax
 import numpy as np
 import pytest
@@ -98,8 +100,9 @@ def test_errors_name_the_path(tmp_path):
     ckpt_format.load_params(root)
 
 
-def test_training_style_checkpoint_with_extra_items(tmp_path):
-  """Training writes params with StandardSave plus its own items; we still load it."""
+def test_training_style_checkpoint_with_extra_items(tmp_path, caplog):
+  """Training writes params with StandardSave plus its own items; we still load it,
+  without Orbax warnings about the items we do not read (`vlax eval` printed four)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   root = str(tmp_path / "train")
   mngr = ocp.CheckpointManager(
@@ -112,6 +115,8 @@ def test_training_style_checkpoint_with_extra_items(tmp_path):
       train_state=ocp.args.JsonSave({"data_iterator": "x"})))
   mngr.wait_until_finished()
   mngr.close()
-  params, meta = ckpt_format.load_params(root)
+  with caplog.at_level(logging.WARNING):
+    params, meta = ckpt_format.load_params(root)
   _assert_tree_equal(params, _params(4.0))
   assert meta["step"] == 3
+  assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

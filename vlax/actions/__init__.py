@@ -14,7 +14,7 @@ import numpy as np
 
 from vlax.actions.bins import BinTokenizer
 from vlax.actions.fast import FASTTokenizer
-from vlax.actions.vocab import ActionVocab, default_action_vocab
+from vlax.actions.vocab import ActionVocab, default_action_vocab, openpi_action_vocab
 from vlax.errors import VlaxError
 
 ActionTokenizer = Union[BinTokenizer, FASTTokenizer]
@@ -71,4 +71,5 @@ def fit_action_tokenizer(tokenizer: ActionTokenizer,
 
 __all__ = ["ActionTokenizer", "ActionVocab", "BinTokenizer", "FASTTokenizer",
            "default_action_vocab", "fit_action_tokenizer", "make_action_tokenizer",
+           "openpi_action_vocab",
            "tokenizer_from_dict"]

@@ -4,6 +4,11 @@ Every scalar of a chunk [K, A] becomes one token, time-major (step 0 dims 0..A-1
 ...), so the token budget is exactly K * A. Edges are either uniform over [low, high]
 (the normalized range) or learned quantiles (`strategy='quantile'` + `.fit`), which makes
 every bin roughly equally used on skewed data.
+
+`decode_at="lower"` decodes uniform bin k to its lower edge, low + k / num_bins *
+(high - low) (= openpi's `k / 256 * 2 - 1` for its PaliGemma-binning model); the default
+decodes to the bin centre. `decode_errors` counts decodes whose id string was not exactly
+K * A valid ids (padded or cut, never silently).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 from vlax.errors import VlaxError
 
 _STRATEGIES = ("uniform", "quantile")
+_DECODE_AT = ("center", "lower")
 
 
 class BinTokenizer:
@@ -22,13 +28,19 @@ class BinTokenizer:
 
   def __init__(self, num_bins: int = 256, low: float = -1.0, high: float = 1.0,
                strategy: str = "uniform", edges: Sequence[Sequence[float]] | None = None,
-               bin_values: Sequence[Sequence[float]] | None = None):
+               bin_values: Sequence[Sequence[float]] | None = None,
+               decode_at: str = "center"):
     if num_bins < 2:
       raise VlaxError(f"BinTokenizer: num_bins must be >= 2, got {num_bins}")
     if not high > low:
       raise VlaxError(f"BinTokenizer: need high > low, got low={low} high={high}")
     if strategy not in _STRATEGIES:
       raise VlaxError(f"BinTokenizer: strategy must be one of {_STRATEGIES}, got {strategy!r}")
+    if decode_at not in _DECODE_AT or (decode_at == "lower" and strategy != "uniform"):
+      raise VlaxError(f"BinTokenizer: decode_at must be one of {_DECODE_AT} ('lower' only "
+                      f"for uniform bins), got {decode_at!r}")
+    self.decode_at = decode_at
+    self.decode_errors = 0
     self.num_bins = int(num_bins)
     self.low = float(low)
     self.high = float(high)
@@ -132,6 +144,8 @@ class BinTokenizer:
   def centers(self, action_dim: int) -> np.ndarray:
     """Decoded value of every bin per dimension [action_dim, num_bins]."""
     e = self._edges_for(action_dim)
+    if self.decode_at == "lower":
+      return e[:, :-1]
     if self.bin_values is not None:
       v = self.bin_values
       return np.broadcast_to(v[0], (action_dim, self.num_bins)) if v.shape[0] == 1 \
@@ -155,6 +169,8 @@ class BinTokenizer:
     out[m:] = -1
     out = out.reshape(chunk_len, action_dim)
     bad = (out < 0) | (out >= self.num_bins)
+    if ids.size != n or bad.any():
+      self.decode_errors += 1
     out = np.where(bad, zero_bin[None, :], out)
     vals = centers[np.arange(action_dim)[None, :], out]  # per-column gather
     return vals.astype(np.float32)
@@ -191,13 +207,14 @@ class BinTokenizer:
     return {"type": "bins", "num_bins": self.num_bins, "low": self.low, "high": self.high,
             "strategy": self.strategy,
             "edges": None if self.edges is None else self.edges.tolist(),
-            "bin_values": None if self.bin_values is None else self.bin_values.tolist()}
+            "bin_values": None if self.bin_values is None else self.bin_values.tolist(),
+            **({"decode_at": self.decode_at} if self.decode_at != "center" else {})}
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "BinTokenizer":
     return cls(num_bins=d["num_bins"], low=d.get("low", -1.0), high=d.get("high", 1.0),
                strategy=d.get("strategy", "uniform"), edges=d.get("edges"),
-               bin_values=d.get("bin_values"))
+               bin_values=d.get("bin_values"), decode_at=d.get("decode_at", "center"))
 
   def __repr__(self) -> str:
     return (f"BinTokenizer(num_bins={self.num_bins}, low={self.low}, high={self.high}, "

@@ -13,6 +13,12 @@ Defaults (`default_action_vocab`):
 - Any other text vocabulary (the tiny debug SentencePiece model, plain Gemma with 256000
   ids): the range starts right after the text pieces, and the model's vocabulary grows to
   `text_vocab_size + size` (`ActionVocab.end`).
+
+openpi's layout (`openpi_action_vocab`, sequence format "openpi"): tokenizer id t sits at
+`V - 1 - 128 - t` (V = the model vocabulary, 257152 for PaliGemma: 257023 - t), i.e. a
+*reversed* range that ends right before the 128 `<seg>` ids. With 2048 FAST ids it also
+covers the rare text pieces 254976..255999, which openpi accepts. For a smaller text
+vocabulary V grows to text + size + 128, so the same formula holds.
 """
 
 from __future__ import annotations
@@ -35,21 +41,28 @@ class ActionVocab:
 
   start: int
   size: int
+  reverse: bool = False  # True: id t -> end - 1 - t (openpi), else start + t
+  tail: int = 0  # ids the model vocabulary keeps after the range (openpi: 128 <seg>)
 
   def __post_init__(self):
-    if self.start < 0 or self.size < 1:
-      raise VlaxError(f"ActionVocab: need start >= 0 and size >= 1, got {self}")
+    if self.start < 0 or self.size < 1 or self.tail < 0:
+      raise VlaxError(f"ActionVocab: need start >= 0, size >= 1, tail >= 0, got {self}")
 
   @property
   def end(self) -> int:
-    """One past the last action id: the minimum LLM vocab size that holds the range."""
+    """One past the last action id."""
     return self.start + self.size
+
+  @property
+  def min_model_vocab(self) -> int:
+    """The minimum LLM vocab size that holds the range (and its tail)."""
+    return self.end + self.tail
 
   def to_vocab(self, ids: Any) -> Any:
     """Tokenizer ids (0-based) -> LLM vocab ids. Works on ints, lists, numpy and tf."""
     if isinstance(ids, (list, tuple)):
-      return [self.start + int(i) for i in ids]
-    return ids + self.start
+      return [self.to_vocab(int(i)) for i in ids]
+    return (self.end - 1 - ids) if self.reverse else ids + self.start
 
   def from_vocab(self, vocab_ids: Any) -> np.ndarray:
     """LLM vocab ids -> tokenizer ids; ids outside the range become -1 (invalid).
@@ -58,18 +71,23 @@ class ActionVocab:
     """
     v = np.asarray(vocab_ids, np.int64)
     inside = (v >= self.start) & (v < self.end)
-    return np.where(inside, v - self.start, -1)
+    local = (self.end - 1 - v) if self.reverse else v - self.start
+    return np.where(inside, local, -1)
 
   def contains(self, vocab_ids: Any) -> np.ndarray:
     v = np.asarray(vocab_ids, np.int64)
     return (v >= self.start) & (v < self.end)
 
-  def to_dict(self) -> dict[str, int]:
-    return {"start": self.start, "size": self.size}
+  def to_dict(self) -> dict[str, Any]:
+    out: dict[str, Any] = {"start": self.start, "size": self.size}
+    if self.reverse or self.tail:
+      out.update(reverse=self.reverse, tail=self.tail)
+    return out
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "ActionVocab":
-    return cls(start=int(d["start"]), size=int(d["size"]))
+    return cls(start=int(d["start"]), size=int(d["size"]),
+               reverse=bool(d.get("reverse", False)), tail=int(d.get("tail", 0)))
 
 
 def default_action_vocab(text_vocab_size: int, size: int) -> ActionVocab:
@@ -77,3 +95,24 @@ def default_action_vocab(text_vocab_size: int, size: int) -> ActionVocab:
   if text_vocab_size >= PALIGEMMA_VOCAB_SIZE and size <= PALIGEMMA_LOC_AND_SEG:
     return ActionVocab(PALIGEMMA_LOC_START, size)
   return ActionVocab(int(text_vocab_size), int(size))
+
+
+OPENPI_TAIL = 128  # PaliGemma's <seg> ids after the range
+
+
+def openpi_action_vocab(text_vocab_size: int, size: int,
+                        model_vocab_size: int | None = None) -> ActionVocab:
+  """openpi's reversed range: id t -> V - 1 - 128 - t (see module doc).
+
+  V is `model_vocab_size` when given (an imported checkpoint's embedding rows), else the
+  text vocabulary when it is PaliGemma-sized, else text + size + 128.
+  """
+  v = model_vocab_size
+  if v is None:
+    v = (text_vocab_size if text_vocab_size >= PALIGEMMA_VOCAB_SIZE
+         else text_vocab_size + size + OPENPI_TAIL)
+  start = int(v) - OPENPI_TAIL - int(size)
+  if start < 0:
+    raise VlaxError(f"openpi action vocabulary: {size} action ids + {OPENPI_TAIL} do not "
+                    f"fit a vocabulary of {v}")
+  return ActionVocab(start, int(size), reverse=True, tail=OPENPI_TAIL)

@@ -213,10 +213,11 @@ def load_params(path: str, step: int | None = None,
     raise VlaxError(f"checkpoint {step_dir} has no {PARAMS_ITEM!r} item")
   metadata = read_metadata(root, step)
   ocp = _ocp()
-  mngr = _manager(root)
+  # The params item alone, through its own handler: a manager would look at every item
+  # of a training step (opt_state, train_state, ...) and warn about each it cannot read.
+  handler = ocp.PyTreeCheckpointHandler()
   try:
-    tree_meta = mngr.item_metadata(step)[PARAMS_ITEM]
-    tree_meta = getattr(tree_meta, "tree", tree_meta)
+    tree_meta = tree_metadata(handler.metadata(step_dir / PARAMS_ITEM))
     if shardings is None:
       restore_args = jax.tree.map(
           lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree_meta)
@@ -234,13 +235,22 @@ def load_params(path: str, step: int | None = None,
       args = ocp.args.PyTreeRestore(
           item=abstract,
           restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
-    params = mngr.restore(step, args=ocp.args.Composite(**{PARAMS_ITEM: args}))
-    params = params[PARAMS_ITEM]
+    params = handler.restore(step_dir / PARAMS_ITEM, args=args)
   except VlaxError:
     raise
   except Exception as e:  # pylint: disable=broad-except
     raise VlaxError(f"cannot restore params of checkpoint {step_dir}: {short_error(e)}"
                     ) from None
   finally:
-    mngr.close()
+    handler.close()
   return params, metadata
+
+
+def tree_metadata(meta: Any) -> Any:
+  """The pytree of array metadata of a PyTree item: Orbax 0.11 returns it as a dict,
+  0.12 wraps it (StepMetadata.item_metadata, TreeMetadata.tree)."""
+  for attr in ("item_metadata", "tree"):
+    inner = getattr(meta, attr, None)
+    if inner is not None and not isinstance(meta, dict):
+      return tree_metadata(inner)
+  return meta

@@ -35,7 +35,9 @@ import ml_collections
 import numpy as np
 
 from vlax.actions import (ActionTokenizer, ActionVocab, default_action_vocab,
-                          fit_action_tokenizer, make_action_tokenizer, tokenizer_from_dict)
+                          fit_action_tokenizer, make_action_tokenizer, openpi_action_vocab,
+                          tokenizer_from_dict)
+from vlax.checkpoints import format as ckpt_format
 from vlax.data import seeds as seeds_lib
 from vlax.data import statistics as stats_lib
 from vlax.data import toy_env
@@ -345,8 +347,12 @@ def default_data_config():
   c.history = 1
   c.shuffle_buffer = 2000
   c.augment = True
-  c.text_tokenizer = "toy"  # "toy" or a SentencePiece .model path (Gemma's tokenizer.model)
-  c.action_tokenizer = "bins"  # bins | quantile | fast
+  # "toy", a SentencePiece .model path (Gemma's tokenizer.model), or "init_from" (the
+  # one config.init_from's checkpoint carries, e.g. an `vlax import-openpi` checkpoint)
+  c.text_tokenizer = "toy"
+  # bins | quantile | fast | init_from (config.init_from's tokenizer and vocabulary range,
+  # so a fine-tune keeps the ids the imported model learned)
+  c.action_tokenizer = "bins"
   c.num_bins = 256
   c.fast_vocab_size = 1024
   c.fast_scale = 10.0
@@ -356,6 +362,7 @@ def default_data_config():
   c.prompt_template = "What action should the robot take to {instruction}?"
   c.proprio_bins = 0
   c.on_overlong = "drop"
+  c.sequence_format = "vlax"  # "vlax" | "openpi" (vlax.data.sequence: openpi's layout)
   c.web_sources = ({"kind": "toy", "num_examples": 1024},)  # WebSource fields per entry
   c.web_weight = 0.5
   c.web_schedule = ()  # ((step, weight), ...) piecewise linear; () = constant web_weight
@@ -474,10 +481,22 @@ def action_fit_chunks(d: Any, robot: RobotData) -> list[np.ndarray]:
   return collect_action_chunks(frames, int(d.fit_chunks))
 
 
+def init_from_metadata(config: Any, what: str) -> dict[str, Any]:
+  """The metadata of config.init_from's checkpoint (for data.<what> = "init_from")."""
+  path = str(config.get("init_from", "") or "")
+  if not path:
+    raise VlaxError(f"config.data.{what}='init_from' needs config.init_from (a vlax "
+                    f"checkpoint, e.g. from `vlax import-openpi`)")
+  return ckpt_format.read_metadata(path)
+
+
 def action_tokenizer(d: Any, robot: RobotData,
                      settings: Mapping[str, Any] | None = None) -> ActionTokenizer:
   """A checkpoint's action tokenizer (`settings`), else config.data's, fitted on the
   robot data if it learns from data (FAST, quantile bins)."""
+  if d.action_tokenizer == "init_from" and not settings:
+    raise VlaxError("config.data.action_tokenizer='init_from': the init_from checkpoint "
+                    "has no action tokenizer settings")
   if settings:
     tok = tokenizer_from_dict(dict(settings))
   elif d.action_tokenizer == "fast":
@@ -498,6 +517,8 @@ def action_vocab(d: Any, tok: ActionTokenizer, text: TextTokenizer,
     return ActionVocab.from_dict(settings["vocab"])
   if int(d.action_vocab_start) >= 0:
     return ActionVocab(int(d.action_vocab_start), tok.vocab_size)
+  if d.sequence_format == "openpi":
+    return openpi_action_vocab(text.vocab_size, tok.vocab_size)
   return default_action_vocab(text.vocab_size, tok.vocab_size)
 
 
@@ -528,8 +549,22 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
                      process_count=process_count)
 
   # Frames / web examples -> model examples: tokenizers, vocabulary, sequence layout.
-  text = (load_toy_tokenizer() if d.text_tokenizer == "toy"
-          else TextTokenizer(d.text_tokenizer))
+  init_meta = {}
+  if "init_from" in (d.text_tokenizer, d.action_tokenizer):
+    init_meta = init_from_metadata(config, "text_tokenizer" if d.text_tokenizer
+                                   == "init_from" else "action_tokenizer")
+  if d.text_tokenizer == "init_from":
+    text = TextTokenizer.from_dict(init_meta.get("text_tokenizer") or {})
+  else:
+    text = (load_toy_tokenizer() if d.text_tokenizer == "toy"
+            else TextTokenizer(d.text_tokenizer))
+  if d.action_tokenizer == "init_from" and not action_tokenizer_settings:
+    action_tokenizer_settings = init_meta.get("action_tokenizer") or None
+    fmt = ((action_tokenizer_settings or {}).get("sequence") or {}).get("format", "vlax")
+    if fmt != d.sequence_format:
+      raise VlaxError(f"config.init_from {config.init_from} was trained in sequence "
+                      f"format {fmt!r} but config.data.sequence_format is "
+                      f"{d.sequence_format!r}")
   tok = action_tokenizer(d, robot, action_tokenizer_settings)
   vocab = action_vocab(d, tok, text, action_tokenizer_settings)
   image_size = int(d.image_size)
@@ -537,7 +572,7 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
       SequenceConfig(max_len=int(d.max_len), cameras=tuple(d.cameras),
                      image_size=(image_size, image_size), window=int(d.history),
                      prompt_template=d.prompt_template, proprio_bins=int(d.proprio_bins),
-                     on_overlong=d.on_overlong),
+                     on_overlong=d.on_overlong, format=d.sequence_format),
       text, tok, vocab)
 
   # What a saved input state must match (where the data lives may move between runs;

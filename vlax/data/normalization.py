@@ -12,6 +12,9 @@ Modes:
       y = clip((x - c) / h, -1, 1),  c = (q99 + q01) / 2,  h = max((q99 - q01) / 2, EPS)
     `unnormalize` is its inverse inside the range (values clipped away are lost).
   * "normal": y = (x - mean) / max(std, EPS).
+  * "quantile": openpi's quantile normalization, y = (x - q01) / (q99 - q01 + EPS) * 2 - 1,
+    *not* clipped (imported openpi checkpoints were trained with it: a state outside
+    [q01, q99] becomes the state digit -1 or 255, as in openpi).
 
 Zero-variance (constant) dimensions: the half-range / std is clamped to `EPS`, so a
 constant dimension normalizes to 0 ("bounds") or 0 ("normal") instead of NaN/Inf, and
@@ -29,7 +32,7 @@ import numpy as np
 from vlax.errors import VlaxError
 
 EPS = 1e-6
-MODES = ("bounds", "normal")
+MODES = ("bounds", "normal", "quantile")
 KeyStats = Mapping[str, Any]
 
 
@@ -45,6 +48,10 @@ def _params(stats: KeyStats, mode: str, mask: Any | None, dim: int):
     lo = np.asarray(stats["q01"], np.float64)
     hi = np.asarray(stats["q99"], np.float64)
     center, scale = (hi + lo) / 2.0, np.maximum((hi - lo) / 2.0, EPS)
+  elif mode == "quantile":  # (x - c) / s == (x - q01) / (q99 - q01 + EPS) * 2 - 1
+    lo = np.asarray(stats["q01"], np.float64)
+    scale = (np.asarray(stats["q99"], np.float64) - lo + EPS) / 2.0
+    center = lo + scale
   else:
     center = np.asarray(stats["mean"], np.float64)
     scale = np.maximum(np.asarray(stats["std"], np.float64), EPS)

@@ -25,6 +25,19 @@ Layout of one sequence (text positions; the image tokens come before them in the
   max_len, the eos and trailing action tokens are lost), or 'raise'. Always counted in
   `DataCounters` (never silent).
 
+openpi's layout (`SequenceConfig.format="openpi"`, what imported pi0-FAST / PaliGemma-
+binning checkpoints learned; `vlax import-openpi`), each segment encoded separately:
+
+  robot: [bos] "Task: {instruction}, State: {digits};\n" | "Action: " actions "|" [eos] | pad
+         <------------------ prefix_mask ---------------> <-------- targets (loss) -------->
+
+- instruction: lower-cased, stripped, "_" -> " "; digits: the normalized proprio's valid
+  dims as `np.digitize(x, linspace(-1, 1, 257)[:-1]) - 1` (-1..255), space-separated
+  (empty when the dataset has none); action id t -> V - 1 - 128 - t (`openpi_action_vocab`).
+- `action_token_mask` covers the action ids only; the loss covers "Action: ", the actions,
+  "|" and eos. A missing camera is a black image that is attended (openpi never masks).
+- Web examples keep vlax's layout.
+
 Text is tokenized with `tf.numpy_function` (SentencePiece, cached per distinct string);
 uniform/quantile bins are encoded in-graph; FAST goes through `tf.numpy_function`.
 """
@@ -48,6 +61,10 @@ SOURCE_ROBOT = 0
 SOURCE_WEB = 1
 SOURCE_NAMES = ("robot", "web")
 OVERLONG_MODES = ("drop", "truncate", "raise")
+SEQUENCE_FORMATS = ("vlax", "openpi")
+OPENPI_STATE_BINS = 256
+OPENPI_ACTION_HEAD = "Action: "
+OPENPI_ACTION_TAIL = "|"
 
 
 class DataCounters:
@@ -99,8 +116,17 @@ class SequenceConfig:
   separator: str = "\n"
   proprio_bins: int = 0  # 0 = no proprio in the prompt
   on_overlong: str = "drop"
+  format: str = "vlax"  # "vlax" or "openpi" (see the module doc)
 
   def __post_init__(self):
+    if self.format not in SEQUENCE_FORMATS:
+      raise VlaxError(f"SequenceConfig.format must be one of {SEQUENCE_FORMATS}, got "
+                      f"{self.format!r}")
+    if self.format == "openpi":
+      if self.proprio_bins not in (0, OPENPI_STATE_BINS):
+        raise VlaxError(f"sequence format 'openpi' writes the state in "
+                        f"{OPENPI_STATE_BINS} bins, got proprio_bins={self.proprio_bins}")
+      object.__setattr__(self, "proprio_bins", OPENPI_STATE_BINS)
     if self.on_overlong not in OVERLONG_MODES:
       raise VlaxError(f"SequenceConfig.on_overlong must be one of {OVERLONG_MODES}, got "
                       f"{self.on_overlong!r}")
@@ -128,6 +154,18 @@ def _has(d: Mapping[str, Any], path: str) -> bool:
     return False
 
 
+def openpi_prompt(instruction: str, state_digits: Sequence[int]) -> str:
+  """openpi's prefix text: "Task: {cleaned}, State: {digits};\n"."""
+  cleaned = instruction.lower().strip().replace("_", " ")
+  return f"Task: {cleaned}, State: {' '.join(str(int(d)) for d in state_digits)};\n"
+
+
+def openpi_state_digits(state: Any) -> np.ndarray:
+  """Normalized state -> openpi's 256 bins (-1 below -1, 255 at 1 and above)."""
+  bins = np.linspace(-1, 1, OPENPI_STATE_BINS + 1)[:-1]
+  return np.digitize(np.asarray(state), bins) - 1
+
+
 def _check_no_collision(text_tokenizer, vocab: ActionVocab) -> None:
   """Action ids may only reuse text ids that are reserved <locXXXX>/<segXXX> pieces."""
   for i in range(vocab.start, min(vocab.end, text_tokenizer.vocab_size)):
@@ -146,18 +184,28 @@ class SequenceBuilder:
     if action_tokenizer.vocab_size > action_vocab.size:
       raise VlaxError(f"action tokenizer has {action_tokenizer.vocab_size} ids but the "
                       f"reserved vocabulary range {action_vocab} holds {action_vocab.size}")
-    _check_no_collision(text_tokenizer, action_vocab)
+    if config.format == "openpi":  # its range covers rare text pieces, as in openpi
+      if not action_vocab.reverse:
+        raise VlaxError(f"sequence format 'openpi' needs openpi's reversed action "
+                        f"vocabulary (openpi_action_vocab), got {action_vocab}")
+    else:
+      _check_no_collision(text_tokenizer, action_vocab)
     self.config = config
     self.text = text_tokenizer
     self.actions = action_tokenizer
     self.vocab = action_vocab
     self.counters = counters if counters is not None else DataCounters()
     self._cache: dict[bytes, np.ndarray] = {}
+    openpi = config.format == "openpi"
+    self._head = np.asarray(text_tokenizer.encode(OPENPI_ACTION_HEAD) if openpi else [],
+                            np.int32)
+    self._tail = np.asarray(text_tokenizer.encode(OPENPI_ACTION_TAIL) if openpi else [],
+                            np.int32)
 
   @property
   def model_vocab_size(self) -> int:
     """The LLM vocabulary size this builder needs (`GemmaConfig.vocab_size`)."""
-    return max(self.text.vocab_size, self.vocab.end)
+    return max(self.text.vocab_size, self.vocab.min_model_vocab)
 
   @property
   def eos_id(self) -> int:
@@ -182,6 +230,15 @@ class SequenceBuilder:
   def robot_prompt_ids(self, instruction: bytes, proprio: np.ndarray | None = None,
                        proprio_mask: np.ndarray | None = None) -> np.ndarray:
     """bos + prompt text (+ proprio text) + separator, as int32 ids."""
+    if self.config.format == "openpi":
+      digits = np.zeros([0], np.int64)
+      if proprio is not None:
+        p, pm = np.asarray(proprio, np.float32), np.asarray(proprio_mask, bool)
+        if p.ndim == 2:
+          p, pm = p[-1], pm[-1]
+        digits = openpi_state_digits(p[pm])
+      text = openpi_prompt(instruction.decode("utf-8", errors="replace"), digits.tolist())
+      return np.asarray(self.text.encode(_sanitize(text), add_bos=True), np.int32)
     text = self.config.prompt_template.format(
         instruction=instruction.decode("utf-8", errors="replace").strip())
     parts = [self._encode_cached(text.encode("utf-8"), add_bos=True)]
@@ -228,7 +285,7 @@ class SequenceBuilder:
                               stateful=False)
       ids = tf.ensure_shape(ids, [None])
       valid = tf.ones_like(ids, tf.bool)
-    return ids + self.vocab.start, valid
+    return self.vocab.to_vocab(ids), valid
 
   # --- assembly ---------------------------------------------------------------------
 
@@ -247,7 +304,7 @@ class SequenceBuilder:
     return fn
 
   def _assemble(self, prompt, target, target_valid, is_action: bool, source: str,
-                dataset_name, *, images, image_mask, dataset_index):
+                dataset_name, *, images, image_mask, dataset_index, action_mask=None):
     """Concatenates prompt + target + eos, then pads/truncates to max_len.
 
     Returns (the example as a tf.data element: a `Batch`'s flat dict, keep flag)."""
@@ -260,7 +317,8 @@ class SequenceBuilder:
     prefix = tf.concat([tf.ones([n1], tf.bool), tf.zeros([n2 + 1], tf.bool)], 0)
     loss = tf.concat([tf.zeros([n1], tf.bool), target_valid, [True]], 0)
     if is_action:
-      amask = tf.concat([tf.zeros([n1], tf.bool), target_valid, [False]], 0)
+      amask = tf.concat([tf.zeros([n1], tf.bool),
+                         target_valid if action_mask is None else action_mask, [False]], 0)
     else:
       amask = tf.zeros([n], tf.bool)
     counted = tf.cond(
@@ -302,6 +360,8 @@ class SequenceBuilder:
           m = tf.logical_and(m, tf.cast(get_path(frame, "observation/timestep_pad_mask"),
                                         tf.bool))
       img = tf.ensure_shape(img, [t, None, None, 3])
+      if self.config.format == "openpi":  # a missing camera is an attended black image
+        m = tf.ones_like(m)
       imgs.append(tf.cast(img, tf.float32) / 127.5 - 1.0)
       masks.append(tf.broadcast_to(m, [t]))
     return tf.concat(imgs, 0), tf.concat(masks, 0)
@@ -326,9 +386,18 @@ class SequenceBuilder:
     action_dim = tf.cast(get_path(frame, "action_dim"), tf.int32)
     step_valid = tf.reduce_any(pad[:, :action_dim], axis=1)
     ids, valid = self._action_ids_tf(action, step_valid, action_dim)
+    amask = None
+    if self.config.format == "openpi":  # "Action: " + actions + "|" (+ eos)
+      head, tail = tf.constant(self._head), tf.constant(self._tail)
+      amask = tf.concat([tf.zeros_like(head, tf.bool), valid,
+                         tf.zeros_like(tail, tf.bool)], 0)
+      ids = tf.concat([head, ids, tail], 0)
+      valid = tf.concat([tf.ones_like(head, tf.bool), valid, tf.ones_like(tail, tf.bool)],
+                        0)
     return self._assemble(prompt, ids, valid, True, "robot", name, images=images,
                           image_mask=image_mask,
-                          dataset_index=get_path(frame, "dataset_index"))
+                          dataset_index=get_path(frame, "dataset_index"),
+                          action_mask=amask)
 
   def robot_dataset(self, frames, num_parallel_calls: int | None = None,
                     deterministic: bool = True):
@@ -426,13 +495,38 @@ class SequenceBuilder:
             "prompt_len": n}
 
   def max_decode_steps(self, chunk_len: int, action_dim: int) -> int:
-    """Tokens to generate for one chunk: the tokenizer's budget + eos."""
-    return self.actions.max_tokens(chunk_len, action_dim) + 1
+    """Tokens to generate for one chunk: the tokenizer's budget + eos (openpi: plus
+    "Action: " and "|")."""
+    return (self.actions.max_tokens(chunk_len, action_dim) + 1 + len(self._head)
+            + len(self._tail))
 
   def actions_from_tokens(self, token_ids: Any, action_dim: int, chunk_len: int
                           ) -> np.ndarray:
+    if self.config.format == "openpi":
+      token_ids = self.openpi_action_span(token_ids)
     return actions_from_tokens(token_ids, action_dim, chunk_len, self.actions, self.vocab,
                                eos_id=self.eos_id)
+
+
+  def openpi_action_span(self, token_ids: Any) -> np.ndarray:
+    """openpi's extraction: the ids after a leading "Action: ", up to "|" or eos. A
+    missing head is decoded anyway (the tokenizer counts a wrong length)."""
+    ids = np.asarray(token_ids, np.int64).reshape(-1)
+    stop = np.nonzero(ids == self.eos_id)[0]
+    if stop.size:
+      ids = ids[:stop[0]]
+    h, t = len(self._head), len(self._tail)
+    if h and ids.size >= h and np.array_equal(ids[:h], self._head):
+      ids = ids[h:]
+    for i in range(ids.size - t + 1):
+      if t and np.array_equal(ids[i:i + t], self._tail):
+        return ids[:i]
+    return ids
+
+  @property
+  def decode_errors(self) -> int:
+    """Decodes of a wrong length so far (the action tokenizer's counter)."""
+    return int(getattr(self.actions, "decode_errors", 0))
 
 
 def _flag(ex, keep):

@@ -221,8 +221,11 @@ def evaluate_offline(checkpoint: str, out: str | None, step: int | None = None,
               "datasets": data.names, "batch_size": bs, "decode_steps": data.decode_steps,
               "max_batches": max_batches, "normalization": data.modes,
               "data_from": data_from}
-  return run_offline_eval(records, data.make_metrics(), out_dir=out,
-                          max_batches=max_batches, metadata=metadata, print_fn=print_fn)
+  start_errors = data.builder.decode_errors
+  return run_offline_eval(
+      records, data.make_metrics(), out_dir=out, max_batches=max_batches,
+      metadata=metadata, print_fn=print_fn,
+      counters=lambda: {"decode_errors": data.builder.decode_errors - start_errors})
 
 
 def make_eval_fn(config, metadata: Mapping[str, Any], workdir: str,

@@ -81,8 +81,13 @@ def format_table(result: Mapping[str, Any]) -> str:
 def run_offline_eval(records: Iterable[Mapping[str, Any]], metrics: ActionMetrics,
                      out_dir: str | None = None, max_batches: int | None = None,
                      metadata: Mapping[str, Any] | None = None,
-                     print_fn: Callable[[str], Any] | None = print) -> dict[str, Any]:
+                     print_fn: Callable[[str], Any] | None = print,
+                     counters: Callable[[], Mapping[str, int]] | None = None
+                     ) -> dict[str, Any]:
   """The thin driver behind `vlax eval` (and periodic evals in training).
+
+  `counters()` (read once the records are consumed) adds event counts to the result,
+  e.g. `decode_errors`: predicted chunks whose action tokens had the wrong length.
 
   records: an iterable of dicts of `ActionMetrics.update` keyword arguments (one per
   batch; the caller decodes tokens and unnormalizes). Consumes at most max_batches,
@@ -102,8 +107,13 @@ def run_offline_eval(records: Iterable[Mapping[str, Any]], metrics: ActionMetric
     raise VlaxError("run_offline_eval: no evaluation batches (is the eval split empty?)")
   result = metrics.result()
   result["num_batches"] = n
+  if counters is not None:
+    result.update({k: int(v) for k, v in counters().items()})
   if out_dir is not None:
     write_report(result, out_dir, metrics.plot_data(), metadata=metadata)
   if print_fn is not None:
     print_fn(format_table(result))
+    if result.get("decode_errors"):
+      print_fn(f"decode_errors: {result['decode_errors']} predicted chunks had action "
+               f"tokens of the wrong length (decoded from what was there)")
   return result

@@ -7,7 +7,9 @@ The protocol (binary websocket frames, no compression):
                            "state_dim", "observation_keys", "key_map", "cameras", ...}
   client -> server:        msgpack(observation dict)  (numpy arrays as `msgpack_arrays`)
   server -> client:        msgpack({"actions": float32 [chunk_len, action_dim] in robot
-                           units, "server_timing": {"infer_ms": float}})
+                           units, "server_timing": {"infer_ms": float},
+                           "decode_errors": int (chunks so far whose action tokens had
+                           the wrong length; openpi would have sent zeros)})
   a bad request:           a text frame with the error, then close code 1011 (what
                            openpi's server does on an error); other clients are unaffected.
   GET /healthz             200 "OK" (no upgrade).
@@ -15,7 +17,9 @@ The protocol (binary websocket frames, no compression):
 The client's keys are mapped to the policy's inputs by a `KeyMap` (LIBERO-style default:
 `observation/image` -> the first camera, `observation/wrist_image` -> the wrist camera,
 `observation/state` -> proprio, `prompt` -> instruction); a JSON file can give one map, or
-one per dataset. Limits, all checked before any unpacking, decoding or tokenizing of the
+one per dataset. `state` may list several keys, concatenated in order (openpi's DROID
+client sends `observation/joint_position` and `observation/gripper_position`);
+experiments/openpi_key_maps/ holds the maps for openpi's DROID and LIBERO clients. Limits, all checked before any unpacking, decoding or tokenizing of the
 part they guard: message size (websockets' `max_size`, close 1009 when exceeded), image
 size, prompt length; an idle/read timeout per connection and a cap on open connections.
 """
@@ -33,6 +37,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from vlax.checkpoints import format as ckpt_format
+from vlax.checkpoints import weights as weights_lib
 from vlax.errors import VlaxError
 from vlax.inference import msgpack_arrays
 from vlax.inference.policy import Policy
@@ -49,8 +55,14 @@ class KeyMap:
   """Client observation keys -> policy inputs (cameras by name, proprio, instruction)."""
 
   images: Mapping[str, str]  # client key -> policy camera
-  state: str | None = "observation/state"
+  state: str | tuple[str, ...] | None = "observation/state"  # several: concatenated
   prompt: str = "prompt"
+
+  @property
+  def state_keys(self) -> list[str]:
+    if not self.state:
+      return []
+    return [self.state] if isinstance(self.state, str) else list(self.state)
 
   @classmethod
   def libero(cls, cameras: tuple[str, ...]) -> "KeyMap":
@@ -69,13 +81,17 @@ class KeyMap:
     if unknown or not isinstance(d.get("images"), Mapping):
       raise VlaxError(f"{where}: a key map is {{'images': {{client_key: camera}}, 'state': "
                       f"key or null, 'prompt': key}} (unknown keys {unknown})")
-    return cls(images={str(k): str(v) for k, v in d["images"].items()},
-               state=None if d.get("state") is None else str(d["state"]),
+    state = d.get("state", "observation/state")
+    if isinstance(state, (list, tuple)):
+      state = tuple(str(k) for k in state) or None
+    elif state is not None:
+      state = str(state)
+    return cls(images={str(k): str(v) for k, v in d["images"].items()}, state=state,
                prompt=str(d.get("prompt", "prompt")))
 
   @property
   def keys(self) -> list[str]:
-    return list(self.images) + ([self.state] if self.state else []) + [self.prompt]
+    return list(self.images) + self.state_keys + [self.prompt]
 
 
 def load_key_map(path: str | None, dataset: str, cameras: tuple[str, ...]) -> KeyMap:
@@ -124,7 +140,7 @@ def to_policy_inputs(obs: Any, key_map: KeyMap, state_dim: int
   if not isinstance(obs, Mapping):
     raise VlaxError(f"request must be a msgpack map of observation keys, got "
                     f"{type(obs).__name__}")
-  missing = [k for k in key_map.keys if k not in obs and not (k == key_map.state
+  missing = [k for k in key_map.keys if k not in obs and not (k in key_map.state_keys
                                                                and state_dim == 0)]
   if missing:
     raise VlaxError(f"observation lacks key(s) {missing}; this server expects "
@@ -141,13 +157,20 @@ def to_policy_inputs(obs: Any, key_map: KeyMap, state_dim: int
                     f"most {MAX_PROMPT_CHARS}")
   out: dict[str, Any] = {f"image_{cam}": _image(obs[key], key)
                          for key, cam in key_map.images.items()}
-  if key_map.state and state_dim:
-    state = obs[key_map.state]
-    if not isinstance(state, np.ndarray) or state.dtype.kind not in "fiu":
-      raise VlaxError(f"observation[{key_map.state!r}] must be a numeric array, got "
-                      f"{getattr(state, 'dtype', type(state).__name__)}")
+  if key_map.state_keys and state_dim:
+    parts = []
+    for key in key_map.state_keys:
+      part = obs[key]
+      if isinstance(part, (int, float)) and not isinstance(part, bool):
+        part = np.asarray([part], np.float64)  # a scalar (e.g. DROID's gripper)
+      if not isinstance(part, np.ndarray) or part.dtype.kind not in "fiu":
+        raise VlaxError(f"observation[{key!r}] must be a numeric array, got "
+                        f"{getattr(part, 'dtype', type(part).__name__)}")
+      parts.append(part.reshape(-1) if part.ndim <= 1 else part)
+    state = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    name = key_map.state if isinstance(key_map.state, str) else "+".join(key_map.state)
     if state.shape != (state_dim,):
-      raise VlaxError(f"observation[{key_map.state!r}] must have shape [{state_dim}], got "
+      raise VlaxError(f"observation[{name!r}] must have shape [{state_dim}], got "
                       f"{list(state.shape)}")
     out["proprio"] = state.astype(np.float32)
   return out, prompt
@@ -184,7 +207,10 @@ class OpenPIPolicyServer:
     return {"server": "vlax", "protocol": "openpi", "dataset": self.dataset,
             "action_dim": self.action_dim, "chunk_len": self.policy.chunk_len,
             "state_dim": self.state_dim, "observation_keys": self.key_map.keys,
-            "key_map": {"images": dict(self.key_map.images), "state": self.key_map.state,
+            "key_map": {"images": dict(self.key_map.images),
+                        "state": (self.key_map.state if isinstance(self.key_map.state, str)
+                                  or self.key_map.state is None
+                                  else list(self.key_map.state)),
                         "prompt": self.key_map.prompt},
             "cameras": list(self.policy.cameras), "max_prompt_chars": MAX_PROMPT_CHARS,
             "max_message_bytes": self.max_message_bytes}
@@ -200,7 +226,8 @@ class OpenPIPolicyServer:
       actions = self.policy.predict_action(obs, prompt, dataset=self.dataset)
     infer_ms = 1000 * (time.perf_counter() - start)
     return {"actions": np.asarray(actions, np.float32),
-            "server_timing": {"infer_ms": infer_ms}}
+            "server_timing": {"infer_ms": infer_ms},
+            "decode_errors": self.policy.decode_errors}
 
   # --- websockets glue ----------------------------------------------------------------
 
@@ -276,6 +303,11 @@ def serve_openpi(checkpoint: str, host: str = "127.0.0.1", port: int = 8000,
                     f"{max_message_bytes / (1 << 20):g} MiB and {idle_timeout_s:g} s")
   if key_map_path and not os.path.exists(key_map_path):
     raise VlaxError(f"key map file {key_map_path} does not exist")
+  if dataset is None and not weights_lib.is_released(checkpoint):  # before loading
+    keys = sorted(ckpt_format.read_metadata(checkpoint, step).get("statistics") or {})
+    if len(keys) > 1:
+      raise VlaxError(f"checkpoint {checkpoint} holds statistics of several datasets; "
+                      f"choose one with --dataset from {keys}")
   policy = Policy(checkpoint, step, dataset)
   name = policy._resolve_dataset(dataset)  # pylint: disable=protected-access
   key_map = load_key_map(key_map_path, name, policy.cameras)

@@ -309,6 +309,8 @@ class Policy:
     if not isinstance(instruction, (str, bytes)):
       raise VlaxError(f"instruction must be a str, got {type(instruction).__name__}")
     images, image_mask = self._images(observation)
+    if self.seq.format == "openpi":  # openpi attends missing cameras as black images
+      image_mask = np.ones_like(image_mask)
     proprio, proprio_mask = self._proprio(observation, dataset)
     prompt = self.builder.prompt_inputs(instruction, proprio, proprio_mask)
     return ModelInputs(images=images, image_mask=image_mask, tokens=prompt["tokens"],
@@ -327,6 +329,12 @@ class Policy:
     out = greedy_decode(self.model, self.params, *jax.tree.map(jnp.asarray, inputs).args(),
                         num_steps, weights=self._prepared_decode_weights())
     return np.asarray(jax.device_get(out))
+
+  @property
+  def decode_errors(self) -> int:
+    """Chunks decoded so far whose action tokens had the wrong length (padded or cut
+    and counted, never silently zeroed)."""
+    return self.builder.decode_errors
 
   def tokens_to_actions(self, token_ids: Any, dataset: str | None = None,
                         normalized: bool = False) -> np.ndarray:

@@ -66,7 +66,7 @@ def default_train_config() -> ml_collections.ConfigDict:
       "logical_rules": sharding_lib.LOGICAL_RULES,
   })
   c.model = ml_collections.ConfigDict({
-      "preset": "debug",      # vlax.models.presets name
+      "preset": "debug",      # vlax.models.presets name, or "init_from" (init_from's)
       # Nested dict ({'llm': {'vocab_size': 1024}}) or 'llm.vocab_size=1024,...'.
       "overrides": None,
       "dtype": "float32",     # compute dtype ('float32' / 'bfloat16'); params stay float32

@@ -22,6 +22,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from vlax.checkpoints import format as ckpt_format
 from vlax.errors import VlaxError
 from vlax.models import lora as lora_lib
 from vlax.models import sharding as sharding_lib
@@ -43,8 +44,16 @@ from vlax.training import train_step as step_lib
 def build_model_config(config: Any, data_metadata: Mapping[str, Any] | None = None
                        ) -> VLAConfig:
   """VLAConfig from config.model (preset + dtype/remat + overrides) and the data's vocab."""
-  m = config_lib.with_defaults(config).model
-  d = get_preset(m.preset).to_dict()
+  c = config_lib.with_defaults(config)
+  m = c.model
+  if m.preset == "init_from":  # the architecture of the checkpoint fine-tuned from
+    if not c.init_from:
+      raise VlaxError("model.preset='init_from' needs config.init_from (without the "
+                      "checkpoint, e.g. for `vlax plan`, name the architecture: "
+                      "--config.model.preset=paligemma_3b for openpi's models)")
+    d = dict(ckpt_format.read_metadata(c.init_from)["model"])
+  else:
+    d = get_preset(m.preset).to_dict()
   d["dtype"] = m.dtype
   d["remat"] = bool(m.remat)
   unroll = int(m.scan_unroll)

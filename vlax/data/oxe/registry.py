@@ -59,7 +59,7 @@ class DatasetSpec:
   proprio_normalization_mask: tuple[bool, ...] = ()
   language_key: str | None = None  # where the instruction is read from (documentation)
   gripper: str = "open=1 closed=0"  # raw convention and what standardize does about it
-  normalization_type: str = "bounds"  # "bounds" (q01/q99 -> [-1, 1]) or "normal"
+  normalization_type: str = "bounds"  # "bounds" (q01/q99 -> [-1, 1]), "normal", "quantile"
   train_split: str = "train[:95%]"
   val_split: str = "train[95%:]"
   control_hz: float | None = None
@@ -74,9 +74,9 @@ class DatasetSpec:
       raise VlaxError(
           f"dataset {self.name!r}: proprio_normalization_mask has "
           f"{len(self.proprio_normalization_mask)} entries, proprio_dim is {self.proprio_dim}")
-    if self.normalization_type not in ("bounds", "normal"):
+    if self.normalization_type not in ("bounds", "normal", "quantile"):
       raise VlaxError(f"dataset {self.name!r}: unknown normalization_type "
-                      f"{self.normalization_type!r} (use 'bounds' or 'normal')")
+                      f"{self.normalization_type!r} (use 'bounds', 'normal' or 'quantile')")
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
