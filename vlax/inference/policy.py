@@ -88,11 +88,11 @@ class Policy:
 
   def __init__(self, path: str | None = None, step: int | None = None,
                dataset: str | None = None, *, params: Any = None,
-               metadata: Mapping[str, Any] | None = None):
+               metadata: Mapping[str, Any] | None = None, use_ema: bool | None = None):
     if (path is None) == (params is None):
       raise VlaxError("Policy: give either a checkpoint path or params= and metadata=")
     if path is not None:
-      params, metadata = weights_lib.load(path, step)
+      params, metadata = weights_lib.load(path, step, use_ema=use_ema)
       where = f"checkpoint {path}" + (f" step {step}" if step is not None else "")
     else:
       if metadata is None:

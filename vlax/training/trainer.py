@@ -259,7 +259,8 @@ def _start(config, workdir: str, ckpt, mesh, data_iterator_fn, local_bs: int) ->
       data_it, first, data_restored = _reopen_data(
           data_iterator_fn, config, workdir, found, pid, nproc, local_bs)
     if reset_opt:
-      state = setup.create_state(state.params, seed, resume_step).replace(rng=state.rng)
+      state = setup.create_state(state.params, seed, resume_step).replace(
+          rng=state.rng, ema_params=state.ema_params)
   else:
     init_from = config.init_from
     params = (init_from_lib.load_params(init_from, setup, seed) if init_from
