@@ -73,11 +73,14 @@ def _data_fns(workdir: str):
 
 
 def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
-  from vlax.training import distributed
-  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   from vlax.config import load_config
-  from vlax.training.trainer import train
+  from vlax.training import distributed
+  from vlax.training.config import with_defaults
   config = load_config(args.config, overrides)
+  distributed.initialize(
+      args.coordinator_address, args.num_processes, args.process_id,
+      heartbeat_timeout_s=int(with_defaults(config).distributed.heartbeat_timeout_s))
+  from vlax.training.trainer import train
   train_fn, eval_fn = _data_fns(args.workdir)
   summary = train(config, args.workdir, data_iterator_fn=train_fn,
                   eval_iterator_fn=eval_fn if int(config.get("eval_every", 0)) else None)

@@ -47,6 +47,7 @@ from vlax.models.batch import Batch
 from vlax.training import checkpointing
 from vlax.training import config_checks
 from vlax.training import data_state
+from vlax.training import distributed
 from vlax.training import init_from as init_from_lib
 from vlax.training import logging as logging_lib
 from vlax.training import loss as loss_lib
@@ -111,6 +112,7 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
       os.path.join(workdir, "checkpoints"), keep=int(config.keep_checkpoints),
       keep_best=int(config.keep_best), best_metric=config.best_metric,
       async_save=bool(config.async_checkpointing))
+  distributed.watch(ckpt.root)  # a lost process: one line naming the resume checkpoint
   logger = run = None
   profiler = profiling.Profiler(config.profile, workdir, pid)
   try:
@@ -189,6 +191,8 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
         logger.message(f"preemption: saved checkpoint at step {step}; exiting")
         break
   except BaseException as e:
+    distributed.wait_for_peer_verdict(e)  # a lost process: one line and exit, not this
+    distributed.unwatch()
     profiler.close()
     try:
       saving.close_after_error(ckpt, e, workdir, pid)
@@ -197,6 +201,7 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
         logger.close()
     raise
   profiler.close()
+  distributed.unwatch()
   try:
     with meter.timed("checkpoint"):
       saving.close(ckpt, run.data_it, workdir, pid)  # waits for the last save (may raise)
