@@ -29,6 +29,7 @@ import threading
 import time
 
 import jax
+from jax._src import distributed as jax_distributed  # the client (no public accessor)
 
 from vlax.errors import VlaxError
 
@@ -259,11 +260,7 @@ def _install_abort_handler() -> None:
 
 def _start_watchdog() -> None:
   global _WATCHDOG
-  try:
-    from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
-    client = jax_distributed.global_state.client
-  except (ImportError, AttributeError):
-    client = None
+  client = getattr(getattr(jax_distributed, "global_state", None), "client", None)
   if client is None or _WATCHDOG is not None:
     return
   global _COORDINATOR
