@@ -77,6 +77,8 @@ def main(argv=None):
   p.add_argument("--prefix_len", type=int, default=32)
   p.add_argument("--num_cams", type=int, default=1)
   p.add_argument("--vocab_size", type=int, default=None)
+  p.add_argument("--model_overrides", default=None,
+                 help="config.model.overrides, e.g. 'vision.patch_size=16' (experiments/debug.py)")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--dtype", default=None, help="compute dtype (default: bf16 on GPU/TPU, "
@@ -114,8 +116,11 @@ def main(argv=None):
   config.batch_size = bs
   config.num_steps = 1000
   config.optimizer.warmup_steps = 10
+  overrides = [args.model_overrides] if args.model_overrides else []
   if args.vocab_size:
-    config.model.overrides = {"llm": {"vocab_size": args.vocab_size}}
+    overrides.append(f"llm.vocab_size={args.vocab_size}")
+  if overrides:
+    config.model.overrides = ",".join(overrides)
   model_config = trainer.build_model_config(config)
   vocab = model_config.llm.vocab_size
   image_size = model_config.vision.image_size
