@@ -162,9 +162,12 @@ class PerfMeter:
     try:
       yield
     finally:
-      dt = time.perf_counter() - t
-      self._window[kind] += dt
-      self.totals[kind] += dt
+      self.add(kind, time.perf_counter() - t)
+
+  def add(self, kind: str, seconds: float) -> None:
+    """Adds `seconds` measured elsewhere to `kind`."""
+    self._window[kind] += seconds
+    self.totals[kind] += seconds
 
   def window(self, step: int) -> dict[str, float]:
     """perf/* of the steps since the last call (call right after the log-step sync)."""

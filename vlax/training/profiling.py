@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 import jax
@@ -33,13 +34,21 @@ class Profiler:
       self.dir = os.path.join(self.dir, f"process_{process_index}")
     self.active = False
     self.pid = process_index
+    self.overhead_s = 0.0  # host time in start/stop_trace (writing the trace) not yet taken
+
+  def take_overhead(self) -> float:
+    """Seconds spent starting / stopping the trace since the last call."""
+    t, self.overhead_s = self.overhead_s, 0.0
+    return t
 
   def before_step(self, step: int) -> None:
     """Called before dispatching the step that will be numbered `step`."""
     if self.enabled and not self.active and step == self.start:
+      t = time.perf_counter()
       os.makedirs(self.dir, exist_ok=True)
       jax.profiler.start_trace(self.dir)
       self.active = True
+      self.overhead_s += time.perf_counter() - t
 
   def after_step(self, step: int, state: Any) -> None:
     """Called after dispatching step `step`: ends the trace after its last step."""
@@ -54,4 +63,6 @@ class Profiler:
     """Stops a trace in progress (end of run, error): what was traced is written."""
     if self.active:
       self.active = False
+      t = time.perf_counter()
       jax.profiler.stop_trace()
+      self.overhead_s += time.perf_counter() - t

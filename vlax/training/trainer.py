@@ -143,8 +143,8 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
         state, metrics = setup.step(state, batch)  # the first call compiles
       compiled = True
       step += 1
-      with meter.timed("profile"):
-        profiler.after_step(step, state)
+      profiler.after_step(step, state)
+      meter.add("profile", profiler.take_overhead())  # writing the trace: not step time
       acc = metrics if acc is None else _acc_jit(acc, metrics)
       logger.step(step)
       ckpt.poll()  # a save that failed in the background stops the run here (host-only)
