@@ -76,7 +76,9 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
   from vlax.config import load_config
   from vlax.training import distributed
   from vlax.training.config import with_defaults
+  from vlax.training.config_checks import check_train_config
   config = load_config(args.config, overrides)
+  check_train_config(with_defaults(config))  # bad keys before any start-up
   distributed.initialize(
       args.coordinator_address, args.num_processes, args.process_id,
       heartbeat_timeout_s=int(with_defaults(config).distributed.heartbeat_timeout_s))
