@@ -143,9 +143,10 @@ class Policy:
 
   @classmethod
   def from_checkpoint(cls, path: str, step: int | None = None,
-                      dataset: str | None = None) -> "Policy":
-    """Loads ROOT or ROOT/<step> (default: the latest step)."""
-    return cls(path, step, dataset)
+                      dataset: str | None = None, use_ema: bool | None = None) -> "Policy":
+    """Loads ROOT or ROOT/<step> (default: the latest step); the EMA weights when the
+    checkpoint has them, unless use_ema=False (see `vlax.checkpoints.weights.load`)."""
+    return cls(path, step, dataset, use_ema=use_ema)
 
   @classmethod
   def from_params(cls, params: Any, metadata: Mapping[str, Any],
