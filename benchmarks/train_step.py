@@ -56,28 +56,6 @@ def synthetic_batch(batch_size, num_cams, image_size, seq_len, vocab, prefix_len
   }
 
 
-def matmul_flops_per_s(n: int, dtype: str, reps: int = 5) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  devices = jax.local_devices()
-  mesh = jax.make_mesh((len(devices),), ("x",), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
-  sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x"))
-  # One independent n x n matmul per device (a batched matmul sharded over devices).
-  a = jax.device_put(jnp.ones((len(devices), n, n), dtype), sh)
-  b = jax.device_put(jnp.ones((len(devices), n, n), dtype) * 0.5, sh)
-  f = jax.jit(lambda x, y: jnp.einsum("bij,bjk->bik", x, y), out_shardings=sh)
-  f(a, b).block_until_ready()
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    f(a, b).block_until_ready()
-    times.append(time.perf_counter() - t)
-  dt = statistics.median(times)
-  flops = 2.0 * n ** 3 * len(devices)
-  return {"matmul_n": n, "matmul_seconds": dt, "matmul_flops_per_s": flops / dt}
-
-
 def _parse_unroll(s: str):
   s = s.strip().lower()
   if s in ("true", "false"):
@@ -99,6 +77,8 @@ def main(argv=None):
   p.add_argument("--prefix_len", type=int, default=32)
   p.add_argument("--num_cams", type=int, default=1)
   p.add_argument("--vocab_size", type=int, default=None)
+  p.add_argument("--model_overrides", default=None,
+                 help="config.model.overrides, e.g. 'vision.patch_size=16' (experiments/debug.py)")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--dtype", default=None, help="compute dtype (default: bf16 on GPU/TPU, "
@@ -117,6 +97,7 @@ def main(argv=None):
   from vlax.models import sharding  # pylint: disable=g-import-not-at-top
   from vlax.models.batch import Batch  # pylint: disable=g-import-not-at-top
   from vlax.training import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from vlax.training import perf  # pylint: disable=g-import-not-at-top
   from vlax.training import trainer  # pylint: disable=g-import-not-at-top
 
   backend = jax.default_backend()
@@ -135,8 +116,11 @@ def main(argv=None):
   config.batch_size = bs
   config.num_steps = 1000
   config.optimizer.warmup_steps = 10
+  overrides = [args.model_overrides] if args.model_overrides else []
   if args.vocab_size:
-    config.model.overrides = {"llm": {"vocab_size": args.vocab_size}}
+    overrides.append(f"llm.vocab_size={args.vocab_size}")
+  if overrides:
+    config.model.overrides = ",".join(overrides)
   model_config = trainer.build_model_config(config)
   vocab = model_config.llm.vocab_size
   image_size = model_config.vision.image_size
@@ -187,7 +171,7 @@ def main(argv=None):
   mm_n = args.matmul_n or (1024 if on_cpu else 8192)
   if args.quick:
     mm_n = min(mm_n, 1024 if on_cpu else 4096)
-  mm = matmul_flops_per_s(mm_n, dtype)
+  mm = perf.matmul_flops_per_s(mm_n, dtype)  # the ceiling perf/mfu uses on CPU
   # XLA's cost analysis counts a while loop's body once, and the model scans its layers,
   # so it undercounts by about the depth: the analytic count is the one used.
   flops = float(analytic)

@@ -25,6 +25,7 @@ p.add_argument("--log_every", type=int, default=1)
 p.add_argument("--fixed", action="store_true")
 p.add_argument("--step_sleep", type=float, default=0.0)
 p.add_argument("--lr", type=float, default=3e-3)
+p.add_argument("--heartbeat", type=int, default=None, help="heartbeat timeout (s)")
 p.add_argument("--stateful", action="store_true",
                help="use the save_state/restore_state iterator (exact resume)")
 args = p.parse_args()
@@ -36,7 +37,8 @@ from vlax.training import distributed  # pylint: disable=g-import-not-at-top
 
 distributed.set_cpu_device_count(args.devices)
 if args.num_processes > 1:
-  distributed.initialize(f"127.0.0.1:{args.port}", args.num_processes, args.process_id)
+  distributed.initialize(f"127.0.0.1:{args.port}", args.num_processes, args.process_id,
+                         heartbeat_timeout_s=args.heartbeat)
 
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top

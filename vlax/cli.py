@@ -74,11 +74,16 @@ def _data_fns(workdir: str):
 
 
 def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
-  from vlax.training import distributed
-  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   from vlax.config import load_config
-  from vlax.training.trainer import train
+  from vlax.training import distributed
+  from vlax.training.config import with_defaults
+  from vlax.training.config_checks import check_train_config
   config = load_config(args.config, overrides)
+  check_train_config(with_defaults(config))  # bad keys before any start-up
+  distributed.initialize(
+      args.coordinator_address, args.num_processes, args.process_id,
+      heartbeat_timeout_s=int(with_defaults(config).distributed.heartbeat_timeout_s))
+  from vlax.training.trainer import train
   train_fn, eval_fn = _data_fns(args.workdir)
   summary = train(config, args.workdir, data_iterator_fn=train_fn,
                   eval_iterator_fn=eval_fn if int(config.get("eval_every", 0)) else None)
@@ -148,6 +153,12 @@ def _cmd_plan(args: argparse.Namespace, overrides: list[str]) -> None:
   main_plan(args.config, args.topology, overrides, args.out)
 
 
+def _raw_weights_flag(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--raw-weights", action="store_true",
+                 help="use the checkpoint's raw params, not its EMA weights (checkpoints "
+                      "trained with ema_decay > 0 hold both; default: EMA)")
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="vlax", description="Vision-language-action policies in JAX.")
@@ -191,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="--env metaworld: processes the tasks are split over")
   p.add_argument("--seed", type=int, default=0, help="--env: first episode seed")
   p.add_argument("--max-batches", type=int, default=None, help="limit offline eval batches")
+  _raw_weights_flag(p)
   p.set_defaults(fn=_cmd_eval)
 
   p = sub.add_parser("plan", help="compile the train step for a TPU topology (CPU only)",
@@ -260,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--step", type=int, default=None)
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--keep-lora", action="store_true", help="do not merge LoRA adapters")
+  _raw_weights_flag(p)
   p.set_defaults(fn=_cmd_export)
 
   p = sub.add_parser("serve", help="serve a policy over HTTP (JSON) or openpi's websocket "
@@ -279,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="openpi: largest request accepted (MiB)")
   p.add_argument("--idle-timeout", type=float, default=300.0,
                  help="openpi: seconds a connection may wait between requests")
+  _raw_weights_flag(p)
   p.set_defaults(fn=_cmd_serve)
   return parser
 
@@ -296,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     rest, overrides = _split_config_overrides(argv)
     args = build_parser().parse_args(rest)
+    if getattr(args, "raw_weights", False):  # read by vlax.checkpoints.weights.load
+      os.environ["VLAX_RAW_WEIGHTS"] = "1"
     if overrides and args.command not in ("train", "eval", "plan"):
       raise VlaxError(f"--config.* overrides are only for train/eval/plan, not "
                       f"{args.command!r}")

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -102,3 +103,39 @@ def test_two_processes_agree_converge_and_restore_on_another_mesh(tmp_path):
   for p, x in flat:
     assert x.sharding.mesh.shape == mesh.shape
     np.testing.assert_array_equal(np.asarray(x), want[path_str(p)])
+
+
+@pytest.mark.slow
+def test_a_lost_process_stops_the_survivor_with_one_line(tmp_path):
+  """Process 1 is killed mid-run: process 0 exits with PEER_LOST_EXIT and one vlax line
+  naming process 1 and the checkpoint a restart resumes from, within the heartbeat
+  timeout (a few seconds here, config distributed.heartbeat_timeout_s)."""
+  from vlax.training import distributed  # pylint: disable=g-import-not-at-top
+  heartbeat, port, procs = 4, free_port(), []
+  for i in range(2):
+    cmd = [sys.executable, WORKER, "--workdir", str(tmp_path), "--num_processes", "2",
+           "--process_id", str(i), "--port", str(port), "--devices", "2",
+           "--num_steps", "1000", "--checkpoint_every", "2", "--step_sleep", "0.2",
+           "--heartbeat", str(heartbeat)]
+    procs.append(subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+  try:
+    saved = tmp_path / "checkpoints" / "2" / "train_state"
+    for _ in range(600):  # training, with a checkpoint (step 2), before the kill
+      if procs[0].poll() is not None or saved.is_dir():
+        break
+      time.sleep(0.5)
+    assert procs[0].poll() is None, procs[0].communicate()[0][-3000:]
+    procs[1].kill()
+    out = procs[0].communicate(timeout=heartbeat + 30)[0]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert procs[0].returncode == distributed.PEER_LOST_EXIT, out[-3000:]
+  lines = [l for l in out.splitlines() if l.startswith("vlax:")]
+  assert len(lines) == 1 and lines[0] == out.strip().splitlines()[-1], out[-3000:]
+  assert lines[0].startswith("vlax: lost process 1 of 2"), lines
+  resume = lines[0].rsplit(" resume from ", 1)[1]
+  assert os.path.isdir(os.path.join(resume, "train_state")), lines
+  assert os.path.dirname(resume) == str(tmp_path / "checkpoints")

@@ -16,6 +16,9 @@ A checkpoint ROOT is an Orbax `CheckpointManager` directory; every saved step is
       "source"            optional dict: where imported weights came from
   ROOT/<step>/opt_state/    training only (written by vlax.training)
   ROOT/<step>/train_state/  training only (written by vlax.training)
+  ROOT/<step>/ema_params/   training with `ema_decay` > 0: the params' exponential moving
+                            average (same tree). Loaders (vlax.checkpoints.weights) take
+                            it instead of params/ unless asked for the raw weights.
 
 The training loop runs its own `CheckpointManager` on the same ROOT with the same item
 names (PARAMS_ITEM, METADATA_ITEM, OPT_STATE_ITEM, TRAIN_STATE_ITEM), so a training
@@ -43,6 +46,7 @@ PARAMS_ITEM = "params"
 METADATA_ITEM = "metadata"
 OPT_STATE_ITEM = "opt_state"
 TRAIN_STATE_ITEM = "train_state"
+EMA_PARAMS_ITEM = "ema_params"
 METADATA_KEYS = ("format", "model", "text_tokenizer", "action_tokenizer",
                  "statistics", "config", "step")
 
@@ -59,8 +63,9 @@ def _manager(root: str, create: bool = False):
   ocp = _ocp()
   return ocp.CheckpointManager(
       _path(root),
-      item_names=(PARAMS_ITEM, METADATA_ITEM),
+      item_names=(PARAMS_ITEM, METADATA_ITEM, EMA_PARAMS_ITEM),
       item_handlers={PARAMS_ITEM: ocp.PyTreeCheckpointHandler(),
+                     EMA_PARAMS_ITEM: ocp.PyTreeCheckpointHandler(),
                      METADATA_ITEM: ocp.JsonCheckpointHandler()},
       options=ocp.CheckpointManagerOptions(create=create),
   )
@@ -196,8 +201,14 @@ def read_metadata(path: str, step: int | None = None) -> dict[str, Any]:
   return out
 
 
+def has_ema(path: str, step: int | None = None) -> bool:
+  """Whether a checkpoint step holds EMA params (ROOT/<step>/ema_params)."""
+  root, step = resolve(path, step)
+  return (_path(root) / str(step) / EMA_PARAMS_ITEM).is_dir()
+
+
 def load_params(path: str, step: int | None = None,
-                shardings: Any = None) -> tuple[Any, dict[str, Any]]:
+                shardings: Any = None, item: str = PARAMS_ITEM) -> tuple[Any, dict[str, Any]]:
   """Restores (params, metadata) from a checkpoint.
 
   Args:
@@ -206,18 +217,21 @@ def load_params(path: str, step: int | None = None,
     shardings: None to restore host numpy arrays; else a `jax.sharding.Sharding` for
       every leaf, or a pytree of shardings matching the params tree, in which case
       arrays are restored directly onto those shardings (multi-host safe).
+    item: PARAMS_ITEM, or EMA_PARAMS_ITEM for the EMA weights.
   """
   root, step = resolve(path, step)
   step_dir = _path(root) / str(step)
-  if not (step_dir / PARAMS_ITEM).is_dir():
-    raise VlaxError(f"checkpoint {step_dir} has no {PARAMS_ITEM!r} item")
+  if item not in (PARAMS_ITEM, EMA_PARAMS_ITEM):
+    raise VlaxError(f"unknown params item {item!r}")
+  if not (step_dir / item).is_dir():
+    raise VlaxError(f"checkpoint {step_dir} has no {item!r} item")
   metadata = read_metadata(root, step)
   ocp = _ocp()
   # The params item alone, through its own handler: a manager would look at every item
   # of a training step (opt_state, train_state, ...) and warn about each it cannot read.
   handler = ocp.PyTreeCheckpointHandler()
   try:
-    tree_meta = tree_metadata(handler.metadata(step_dir / PARAMS_ITEM))
+    tree_meta = tree_metadata(handler.metadata(step_dir / item))
     if shardings is None:
       restore_args = jax.tree.map(
           lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree_meta)
@@ -235,7 +249,7 @@ def load_params(path: str, step: int | None = None,
       args = ocp.args.PyTreeRestore(
           item=abstract,
           restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
-    params = handler.restore(step_dir / PARAMS_ITEM, args=args)
+    params = handler.restore(step_dir / item, args=args)
   except VlaxError:
     raise
   except Exception as e:  # pylint: disable=broad-except

@@ -6,7 +6,9 @@ use `vlax.Policy`). The steps, each usable alone:
 
   load          any of: a vlax checkpoint (ROOT or ROOT/<step>, training or export
                 bundle), a Hugging Face PaliGemma directory, a big_vision .npz
-                -> (params as host arrays, metadata)
+                -> (params as host arrays, metadata). A training checkpoint saved with
+                `ema_decay` > 0 yields its EMA weights unless use_ema=False (the CLI's
+                --raw-weights); metadata['weights'] says which ('ema' or 'params').
   merge_lora    LoRA adapters folded into their base weights with the scale in the
                 metadata (`vlax.models.lora.merge_adapters`, the only LoRA merge)
   check_params  shapes against what a VLAConfig's model expects (named mismatches)
@@ -53,13 +55,28 @@ def is_released(path: str) -> bool:
       ckpt_format.all_steps(path) or ckpt_format.is_step_dir(path))
 
 
-def load(path: str, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+RAW_WEIGHTS_ENV = "VLAX_RAW_WEIGHTS"  # "1": use_ema=None means the raw params
+
+
+def prefer_ema(use_ema: bool | None = None) -> bool:
+  """The EMA-or-raw choice: `use_ema` when given, else EMA unless $VLAX_RAW_WEIGHTS=1
+  (what the CLI's --raw-weights sets, so eval's worker processes inherit it)."""
+  if use_ema is not None:
+    return bool(use_ema)
+  return os.environ.get(RAW_WEIGHTS_ENV, "") not in ("1", "true")
+
+
+def load(path: str, step: int | None = None, use_ema: bool | None = None
+         ) -> tuple[Any, dict[str, Any]]:
   """(params, metadata) of a vlax checkpoint / export bundle (ROOT or ROOT/<step>; step
   default: the latest), a HF PaliGemma directory or a big_vision .npz. Released weights
-  get metadata {'format', 'model', 'source'} like an imported checkpoint."""
+  get metadata {'format', 'model', 'source'} like an imported checkpoint. A checkpoint
+  with EMA weights gives them unless `prefer_ema(use_ema)` is False."""
   if not is_released(path):
-    params, metadata = ckpt_format.load_params(path, step)
-    return params, dict(metadata)
+    ema = prefer_ema(use_ema) and ckpt_format.has_ema(path, step)
+    item = ckpt_format.EMA_PARAMS_ITEM if ema else ckpt_format.PARAMS_ITEM
+    params, metadata = ckpt_format.load_params(path, step, item=item)
+    return params, {**metadata, "weights": "ema" if ema else "params"}
   config, params, source = pretrained.read_released(path)
   return params, {"format": ckpt_format.FORMAT, "model": config.to_dict(),
                   "source": source}
@@ -156,9 +173,10 @@ def fit(params: Any, metadata: Mapping[str, Any] | None, like: Any,
       lambda p, a: np.asarray(flat[path_str(p)], a.dtype), like)
 
 
-def load_for(path: str, like: Any, where: str | None = None) -> Any:
+def load_for(path: str, like: Any, where: str | None = None,
+             use_ema: bool | None = None) -> Any:
   """`load` then `fit`: weights at `path` as host numpy params shaped like `like`."""
   if "://" not in path and not os.path.exists(path):
     raise VlaxError(f"{where or path}: path does not exist: {path}")
-  params, metadata = load(path)
+  params, metadata = load(path, use_ema=use_ema)
   return fit(params, metadata, like, where or path)

@@ -61,9 +61,11 @@ def _embed_text_tokenizer(settings: Mapping[str, Any], where: str) -> dict[str, 
 
 
 def export(checkpoint: str, out: str, step: int | None = None, dtype: str = "float32",
-           merge_lora: bool = True) -> str:  # pylint: disable=redefined-outer-name
+           merge_lora: bool = True, use_ema: bool | None = None) -> str:  # pylint: disable=redefined-outer-name
   """Writes the release bundle of CHECKPOINT (step: default latest) to OUT; returns the
-  bundle's step directory. OUT must not exist yet (or be an empty directory)."""
+  bundle's step directory. OUT must not exist yet (or be an empty directory). The
+  bundle's params are the EMA weights when the checkpoint has them (use_ema=False: the
+  raw params; see `weights.load`)."""
   if dtype not in DTYPES:
     raise VlaxError(f"export dtype must be one of {DTYPES}, got {dtype!r}")
   out = os.fspath(out)
@@ -72,8 +74,9 @@ def export(checkpoint: str, out: str, step: int | None = None, dtype: str = "flo
     raise VlaxError(f"export output {out} already exists and is not empty")
   root, step = ckpt_format.resolve(checkpoint, step)
   where = f"checkpoint {checkpoint} step {step}"
-  params, meta = ckpt_format.load_params(root, step)
+  params, meta = weights_lib.load(root, step, use_ema=use_ema)
   meta = dict(meta)
+  weights = meta.pop("weights", "params")
   lora = meta.pop("lora", None)
   lora_merged = False
   if has_lora(params):
@@ -93,6 +96,7 @@ def export(checkpoint: str, out: str, step: int | None = None, dtype: str = "flo
   meta["text_tokenizer"] = _embed_text_tokenizer(meta.get("text_tokenizer") or {}, where)
   meta["export"] = {"source": os.path.abspath(root) if "://" not in root else root,
                     "source_step": int(step), "dtype": dtype, "lora_merged": lora_merged,
+                    "weights": weights,
                     "vlax_version": vlax.__version__}
   for key in ("format", "step"):
     meta.pop(key, None)

@@ -88,11 +88,11 @@ class Policy:
 
   def __init__(self, path: str | None = None, step: int | None = None,
                dataset: str | None = None, *, params: Any = None,
-               metadata: Mapping[str, Any] | None = None):
+               metadata: Mapping[str, Any] | None = None, use_ema: bool | None = None):
     if (path is None) == (params is None):
       raise VlaxError("Policy: give either a checkpoint path or params= and metadata=")
     if path is not None:
-      params, metadata = weights_lib.load(path, step)
+      params, metadata = weights_lib.load(path, step, use_ema=use_ema)
       where = f"checkpoint {path}" + (f" step {step}" if step is not None else "")
     else:
       if metadata is None:
@@ -143,9 +143,10 @@ class Policy:
 
   @classmethod
   def from_checkpoint(cls, path: str, step: int | None = None,
-                      dataset: str | None = None) -> "Policy":
-    """Loads ROOT or ROOT/<step> (default: the latest step)."""
-    return cls(path, step, dataset)
+                      dataset: str | None = None, use_ema: bool | None = None) -> "Policy":
+    """Loads ROOT or ROOT/<step> (default: the latest step); the EMA weights when the
+    checkpoint has them, unless use_ema=False (see `vlax.checkpoints.weights.load`)."""
+    return cls(path, step, dataset, use_ema=use_ema)
 
   @classmethod
   def from_params(cls, params: Any, metadata: Mapping[str, Any],

@@ -3,7 +3,9 @@
 ROOT/<step>/{params, metadata} is the model checkpoint of vlax.checkpoints.format (any
 training checkpoint is also a loadable model checkpoint); training adds
 ROOT/<step>/opt_state (the optax state, flattened to numbered leaves) and
-ROOT/<step>/train_state ({'step', 'rng'}).
+ROOT/<step>/train_state ({'step', 'rng'}) and, with `ema_decay` > 0,
+ROOT/<step>/ema_params (the params' moving average, the params' tree; a run with EMA
+resuming from a checkpoint without it starts the average at the restored params).
 
 - Saves are async (the train loop continues while arrays are written) and atomic: orbax
   writes into `<step>.orbax-checkpoint-tmp-*` and renames it when every item (and every
@@ -49,7 +51,8 @@ PARAMS = ckpt_format.PARAMS_ITEM
 METADATA = ckpt_format.METADATA_ITEM
 OPT_STATE = ckpt_format.OPT_STATE_ITEM
 TRAIN_STATE = ckpt_format.TRAIN_STATE_ITEM
-ITEMS = (PARAMS, METADATA, OPT_STATE, TRAIN_STATE)
+EMA = ckpt_format.EMA_PARAMS_ITEM
+ITEMS = (PARAMS, METADATA, OPT_STATE, TRAIN_STATE, EMA)
 
 
 def _ocp():
@@ -211,6 +214,7 @@ class Checkpointer:
     handlers = {PARAMS: ocp.PyTreeCheckpointHandler(),
                 OPT_STATE: ocp.PyTreeCheckpointHandler(),
                 TRAIN_STATE: ocp.PyTreeCheckpointHandler(),
+                EMA: ocp.PyTreeCheckpointHandler(),
                 METADATA: ocp.JsonCheckpointHandler()}
     try:
       self.manager = ocp.CheckpointManager(self.root, item_names=ITEMS,
@@ -277,12 +281,15 @@ class Checkpointer:
     meta = {"text_tokenizer": {}, "action_tokenizer": {}, "statistics": {}, "config": {},
             **dict(metadata), "format": ckpt_format.FORMAT, "step": step}
     ckpt_format._check_json(meta)  # pylint: disable=protected-access
-    args = ocp.args.Composite(**{
+    items = {
         PARAMS: ocp.args.PyTreeSave(state.params),
         OPT_STATE: ocp.args.PyTreeSave(_flat_opt_state(state.opt_state)),
         TRAIN_STATE: ocp.args.PyTreeSave({"step": state.step, "rng": state.rng}),
         METADATA: ocp.args.JsonSave(meta),
-    })
+    }
+    if state.ema_params is not None:
+      items[EMA] = ocp.args.PyTreeSave(state.ema_params)
+    args = ocp.args.Composite(**items)
     if metrics and self.best_metric in metrics and np.isfinite(metrics[self.best_metric]):
       self._metrics[step] = float(metrics[self.best_metric])
     self._filter.last_error = None
@@ -371,6 +378,10 @@ class Checkpointer:
                                           sharding=state_sharding.rng)}
     items = {PARAMS: tree_args(params_abs), TRAIN_STATE: tree_args(ts_abs),
              METADATA: ocp.args.JsonRestore()}
+    want_ema = abstract_state.ema_params is not None
+    has_ema = want_ema and (self._step_path(step) / EMA).is_dir()
+    if has_ema:
+      items[EMA] = tree_args(_abstract(abstract_state.ema_params, state_sharding.ema_params))
     if restore_opt_state:
       self._check_opt_state(step, abstract_state.opt_state)
       opt_abs = _flat_opt_state(_abstract(abstract_state.opt_state, state_sharding.opt_state))
@@ -387,8 +398,12 @@ class Checkpointer:
     if restore_opt_state:
       opt_state = _unflat_opt_state(out[OPT_STATE], abstract_state.opt_state)
     ts = out[TRAIN_STATE]
+    ema = out[EMA] if has_ema else None
+    if want_ema and not has_ema:  # EMA switched on for a run saved without it
+      self._warn(f"checkpoint {where} has no {EMA}: the EMA starts at its params")
+      ema = jax.tree.map(lambda x: x.copy(), out[PARAMS])
     state = TrainState(step=ts["step"], params=out[PARAMS], opt_state=opt_state,
-                       rng=ts["rng"])
+                       rng=ts["rng"], ema_params=ema)
     return state, dict(out[METADATA])
 
   def _check_opt_state(self, step: int, abstract_opt_state: Any) -> None:

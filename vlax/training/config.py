@@ -77,6 +77,24 @@ def default_train_config() -> ml_collections.ConfigDict:
       "scan_unroll": 0,
   })
   c.optimizer = optimizer_lib.default_optimizer_config()  # keys documented in DEFAULTS
+  # > 0: the train state also holds an exponential moving average of the params
+  # (ema = d * ema + (1 - d) * params after every step; sharded like the params, saved
+  # in checkpoints as ROOT/<step>/ema_params). eval, export, vlax.Policy and serve use
+  # it when a checkpoint has it (their --raw-weights / use_ema=False take the params);
+  # so does init_from. 0 = off. openpi uses 0.99.
+  c.ema_decay = 0.0
+  c.profile = ml_collections.ConfigDict({
+      # num_steps > 0: a jax.profiler trace of steps start_step .. start_step +
+      # num_steps - 1 (metrics.jsonl numbering) under WORKDIR/profile/ (TensorBoard's
+      # profile plugin or Perfetto). Step 1 includes the compile: start at 2 or later.
+      "start_step": 2, "num_steps": 0,
+      "all_processes": False,  # False: process 0 only
+  })
+  c.distributed = ml_collections.ConfigDict({
+      # Multi-process runs: a process silent this long counts as dead; the others stop
+      # with one line naming it and the checkpoint a restart resumes from.
+      "heartbeat_timeout_s": 100,
+  })
   c.logging = ml_collections.ConfigDict({
       "tensorboard": True, "wandb": False, "wandb_project": "vlax",
       "progress": True,       # a progress bar on stderr

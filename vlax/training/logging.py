@@ -139,6 +139,20 @@ class MetricsLogger:
       self._bar.set_postfix(post, refresh=False)
       self._bar.update(step - self._bar.n)
 
+  def summary(self, step: int, metrics: Mapping[str, float]) -> None:
+    """End-of-run figures (goodput): TensorBoard at `step` and the W&B run summary;
+    not metrics.jsonl, whose lines are one per logged step."""
+    if not self.enabled:
+      return
+    if self._tb is not None:
+      with self._tb.as_default(step=int(step)):
+        for k, v in metrics.items():
+          self._tf.summary.write(k, self._tf.constant(float(v), self._tf.float32),
+                                 metadata=self._tb_meta)
+      self._tb.flush()
+    if self._wandb is not None:
+      self._wandb.summary.update(dict(metrics))
+
   def message(self, text: str) -> None:
     if not self.enabled:
       return

@@ -158,7 +158,7 @@ def state_shardings(mesh: Mesh, abstract_state: state_lib.TrainState,
       step=rep, params=params_sharding,
       opt_state=opt_state_shardings(abstract_state.opt_state, abstract_state.params,
                                     params_sharding, rep),
-      rng=rep)
+      rng=rep, ema_params=None if abstract_state.ema_params is None else params_sharding)
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,13 +201,15 @@ class ModelSetup:
     self.tx, self.schedule, self.frozen = optimizer_lib.make_optimizer(
         config.optimizer, self.abstract_params, int(config.num_steps), trainable=trainable)
     scale = self.lora.scale if self.lora is not None else None
+    self.ema_decay = float(config.ema_decay)
     self.abstract_state = jax.eval_shape(
-        lambda p: state_lib.create(p, self.tx, jax.random.key(0)), self.abstract_params)
+        lambda p: state_lib.create(p, self.tx, jax.random.key(0), ema=self.ema_decay > 0),
+        self.abstract_params)
     self.state_sharding = state_shardings(mesh, self.abstract_state, self.params_sharding)
     step_fn = step_lib.make_train_step(
         self.model, self.tx, self.schedule, self.frozen, num_datasets=num_datasets,
         grad_accum_steps=int(config.optimizer.grad_accum_steps), mesh=mesh,
-        lora_scale=scale, grad_shardings=self.params_sharding)
+        lora_scale=scale, grad_shardings=self.params_sharding, ema_decay=self.ema_decay)
     self.train_step = step_lib.jit_train_step(step_fn, mesh, self.state_sharding,
                                               self.example)
     eval_fn = step_lib.make_eval_step(self.model, num_datasets=num_datasets,
@@ -235,7 +237,8 @@ class ModelSetup:
                                   jax.random.fold_in(jax.random.key(seed), 0x10A))
 
   def create_state(self, params, seed: int, step: int = 0) -> state_lib.TrainState:
-    fn = jax.jit(lambda p, r: state_lib.create(p, self.tx, r, step),
+    """A fresh state around `params` (with an EMA equal to them when ema_decay > 0)."""
+    fn = jax.jit(lambda p, r: state_lib.create(p, self.tx, r, step, self.ema_decay > 0),
                  in_shardings=(self.params_sharding, None), out_shardings=self.state_sharding)
     with self.context():
       return fn(params, jax.random.key_data(jax.random.key(seed + 1)))

@@ -64,13 +64,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: Callable, frozen: Any, *, num_datasets: int,
                     grad_accum_steps: int = 1, mesh: Mesh | None = None,
                     lora_scale: float | None = None,
-                    grad_shardings: Any = None) -> Callable:
+                    grad_shardings: Any = None, ema_decay: float = 0.0) -> Callable:
   """Returns step(state, batch: Batch) -> (state, metrics) (not jitted; see
   `jit_train_step`).
 
   grad_shardings: the params' shardings. The gradients are pinned to them, so each
   gradient is reduced straight into its FSDP shard whatever sharding propagation would
   pick for it (the optimizer update then never sees a full-size gradient).
+  ema_decay > 0: state.ema_params becomes d * ema + (1 - d) * new params (frozen params
+  are copied through, so their EMA stays bit-equal to them).
 
   metrics = {"sums": loss sums (see loss.loss_sums) + nonfinite,
              "last": {"loss", "grad_norm", "param_norm", "learning_rate"}}.
@@ -120,8 +122,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     new_params = jax.tree.map(lambda f, old, new: old if f else new,
                               frozen, state.params, new_params)
     rng, _ = jax.random.split(jax.random.wrap_key_data(state.rng))
+    ema = state.ema_params
+    if ema is not None and ema_decay > 0:
+      d = jnp.float32(ema_decay)
+      ema = jax.tree.map(
+          lambda f, e, p: e if f else (d * e + (1 - d) * p).astype(e.dtype),
+          frozen, ema, new_params)
     new_state = state.replace(step=state.step + 1, params=new_params, opt_state=opt_state,
-                              rng=jax.random.key_data(rng))
+                              rng=jax.random.key_data(rng), ema_params=ema)
     sums = dict(sums)
     param_norm = optax.global_norm(new_params)
     # nonfinite_loss: the old params (or the batch) are bad; nonfinite adds the new params

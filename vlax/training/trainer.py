@@ -47,11 +47,14 @@ from vlax.models.batch import Batch
 from vlax.training import checkpointing
 from vlax.training import config_checks
 from vlax.training import data_state
+from vlax.training import distributed
 from vlax.training import init_from as init_from_lib
 from vlax.training import logging as logging_lib
 from vlax.training import loss as loss_lib
 from vlax.training import mesh as mesh_lib
 from vlax.training import optimizer as optimizer_lib
+from vlax.training import perf as perf_lib
+from vlax.training import profiling
 from vlax.training import saving
 from vlax.training import train_step as step_lib
 from vlax.training.config import config_to_dict, default_train_config, with_defaults
@@ -109,12 +112,16 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
       os.path.join(workdir, "checkpoints"), keep=int(config.keep_checkpoints),
       keep_best=int(config.keep_best), best_metric=config.best_metric,
       async_save=bool(config.async_checkpointing))
+  distributed.watch(ckpt.root)  # a lost process: one line naming the resume checkpoint
   logger = run = None
+  profiler = profiling.Profiler(config.profile, workdir, pid)
   try:
     # Data, model and state: resume from the latest checkpoint, else init / init_from.
     run = _start(config, workdir, ckpt, mesh, data_iterator_fn, local_bs)
     logger = _logger(config, workdir, run, ckpt, mesh)
     step, state, setup = run.start_step, run.state, run.setup
+    meter = _meter(config, run, mesh, t_start)
+    compiled = False
     acc, last_metrics, pending_eval, pending = None, {}, {}, run.first
     # A periodic checkpoint is confirmed (may evict older ones) once the next step's loss
     # is finite; that step is checked (one host sync per checkpoint).
@@ -124,15 +131,20 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
       local, pending = pending, None
       if local is None:
         try:
-          local = next(run.data_it)
+          with meter.timed("data"):
+            local = Batch.from_host(next(run.data_it), local_bs, step)
         except StopIteration:
           _end_of_data(logger, ckpt, run, step, state, acc, last_metrics, workdir)
           break
-        local = Batch.from_host(local, local_bs, step)
       # Step: async on device; the host only syncs below, at log/eval/checkpoint steps.
       batch = mesh_lib.global_batch(local, mesh)
-      state, metrics = setup.step(state, batch)
+      profiler.before_step(step + 1)
+      with meter.timed(None if compiled else "compile"):
+        state, metrics = setup.step(state, batch)  # the first call compiles
+      compiled = True
       step += 1
+      profiler.after_step(step, state)
+      meter.add("profile", profiler.take_overhead())  # writing the trace: not step time
       acc = metrics if acc is None else _acc_jit(acc, metrics)
       logger.step(step)
       ckpt.poll()  # a save that failed in the background stops the run here (host-only)
@@ -154,11 +166,12 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
         unconfirmed = None
       # Eval and log.
       if is_eval:
-        pending_eval = _evaluate(setup, state.params, eval_iterator_fn, config,
-                                 run.dataset_names, local_bs)
+        with meter.timed("eval"):
+            pending_eval = _evaluate(setup, state.params, eval_iterator_fn, config,
+                                   run.dataset_names, local_bs)
         last_metrics.update(pending_eval)
       if is_log:
-        m = _log(logger, on_log, host, step, pending_eval, run.dataset_names)
+        m = _log(logger, on_log, host, step, pending_eval, run.dataset_names, meter)
         pending_eval, acc = {}, None
         last_metrics.update(m)
       # Checkpoint (data state + model). No next step confirms the last or a preemption
@@ -169,20 +182,32 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
         if not is_log:
           best.update(loss_lib.summarize(host["sums"], run.dataset_names))
         final = is_last or preempted
-        saving.save(ckpt, run.data_it, workdir, step, state, run.metadata, best, pid, nproc,
-                    save_data_state=bool(config.save_data_state), confirmed=final)
+        with meter.timed("checkpoint"):
+          saving.save(ckpt, run.data_it, workdir, step, state, run.metadata, best, pid,
+                      nproc, save_data_state=bool(config.save_data_state), confirmed=final)
         unconfirmed = None if final else step
       # Preemption: every process agreed on this step; its checkpoint is saved.
       if preempted:
         logger.message(f"preemption: saved checkpoint at step {step}; exiting")
         break
   except BaseException as e:
-    saving.close_after_error(ckpt, e, workdir, pid)
+    distributed.wait_for_peer_verdict(e)  # a lost process: one line and exit, not this
+    distributed.unwatch()
+    profiler.close()
+    try:
+      saving.close_after_error(ckpt, e, workdir, pid)
+    finally:
+      if logger is not None:
+        logger.close()
     raise
+  profiler.close()
+  distributed.unwatch()
+  try:
+    with meter.timed("checkpoint"):
+      saving.close(ckpt, run.data_it, workdir, pid)  # waits for the last save (may raise)
+    _goodput(meter, logger, workdir, step)
   finally:
-    if logger is not None:
-      logger.close()
-  saving.close(ckpt, run.data_it, workdir, pid)  # waits for the last save (may raise)
+    logger.close()
   return {"step": step, "preempted": preempted, "resumed_from": run.resume_step,
           "metrics": last_metrics, "state": state, "seconds": time.time() - t_start}
 
@@ -239,7 +264,8 @@ def _start(config, workdir: str, ckpt, mesh, data_iterator_fn, local_bs: int) ->
       data_it, first, data_restored = _reopen_data(
           data_iterator_fn, config, workdir, found, pid, nproc, local_bs)
     if reset_opt:
-      state = setup.create_state(state.params, seed, resume_step).replace(rng=state.rng)
+      state = setup.create_state(state.params, seed, resume_step).replace(
+          rng=state.rng, ema_params=state.ema_params)
   else:
     init_from = config.init_from
     params = (init_from_lib.load_params(init_from, setup, seed) if init_from
@@ -276,16 +302,43 @@ def _logger(config, workdir: str, run: _Run, ckpt, mesh) -> logging_lib.MetricsL
   return logger
 
 
-def _log(logger, on_log, host, step: int, pending_eval, dataset_names) -> dict[str, float]:
-  """One metrics line: the window's loss sums, the last step's norms, rates and eval."""
+def _log(logger, on_log, host, step: int, pending_eval, dataset_names,
+         meter: perf_lib.PerfMeter) -> dict[str, float]:
+  """One metrics line: the window's loss sums, the last step's norms, rates, perf/*
+  (step time, TFLOP/s, MFU, data wait) and eval."""
   m = loss_lib.summarize(host["sums"], dataset_names)
   m.update({k: float(v) for k, v in host["last"].items() if k != "loss"})
   m.update(logger.rates(step))
+  m.update(meter.window(step))
   m.update(pending_eval)
   logger.write(step, m)
   if on_log is not None:
     on_log(step, m)
   return m
+
+
+def _meter(config, run: _Run, mesh, t_start: float) -> perf_lib.PerfMeter:
+  """The run's perf meter: analytic FLOPs per step and the device's peak (a CPU peak is
+  measured once, on process 0, before the first step)."""
+  flops = perf_lib.train_flops_per_step(run.setup.model.config, run.first,
+                                        int(config.batch_size))
+  peak = None
+  if jax.process_index() == 0:
+    peak, _ = perf_lib.device_peak_flops(mesh.devices.flat[0], str(config.model.dtype))
+  meter = perf_lib.PerfMeter(flops, peak, mesh.devices.size, run.start_step)
+  meter.t_start -= time.time() - t_start  # the wall clock started with train()
+  return meter
+
+
+def _goodput(meter: perf_lib.PerfMeter, logger, workdir: str, step: int) -> None:
+  """The goodput summary (process 0): printed, WORKDIR/goodput.json, TensorBoard/W&B."""
+  if jax.process_index() != 0:
+    return
+  s = meter.summary()
+  logger.message(perf_lib.format_summary(s))
+  with open(os.path.join(workdir, "goodput.json"), "w") as f:
+    json.dump(s, f, indent=2)
+  logger.summary(step, {f"goodput/{k}": v for k, v in s.items()})
 
 
 def _end_of_data(logger, ckpt, run: _Run, step: int, state, acc, last_metrics,
