@@ -97,6 +97,11 @@ class OptimizerMismatchError(VlaxError):
   """The checkpoint's optimizer state does not fit the configured optimizer."""
 
 
+class NoReadableCheckpointError(VlaxError):
+  """ROOT holds steps and none restores: the run stops (nothing moved) unless the user
+  chose to start over (`restart_over_unreadable`)."""
+
+
 class CheckpointSaveError(VlaxError):
   """A save failed (disk full, permission, ...): training stops; earlier steps are intact."""
 
@@ -414,7 +419,7 @@ class Checkpointer:
     Each step skipped (incomplete, corrupt, or holding another step) gets one warning
     line and stops counting as good; it stays on disk until a new save of that step sets
     it aside (ROOT/<step>.unreadable). (None, None) when ROOT has no step; a one-line
-    VlaxError when steps exist but none is readable (nothing is moved then: a config
+    NoReadableCheckpointError when steps exist but none is readable (nothing is moved then: a config
     that does not fit any step is a config error, not corruption). An optimizer config
     change is raised at once."""
     tried = []
@@ -439,9 +444,27 @@ class Checkpointer:
       self._warn(f"warning: checkpoint {self.root}/{step} is unreadable ({why}); "
                  "trying the previous step")
     if tried:
-      raise VlaxError(f"no readable checkpoint in {self.root} (" + "; ".join(tried)[:600]
-                      + ")")
+      raise self._none_readable(tried)
     return None, None
+
+  def check_restorable(self) -> None:
+    """Cheap check before any set-up: steps on disk and not one has every item ->
+    NoReadableCheckpointError listing each (a silent fresh start would overwrite them and
+    the metrics history)."""
+    steps = self.all_steps()
+    if steps and not any(self._is_complete(s) for s in steps):
+      raise self._none_readable(
+          [f"{s}: incomplete: no {PARAMS}/ or {TRAIN_STATE}/" for s in reversed(steps)])
+
+  def _none_readable(self, tried: list[str]) -> NoReadableCheckpointError:
+    return NoReadableCheckpointError(
+        f"no readable checkpoint in {self.root} (" + "; ".join(tried)[:600] + "); nothing "
+        "was moved. Repair or delete these steps, or pass "
+        "--config.restart_over_unreadable=True to set them aside and start from step 0")
+
+  def set_aside_all(self, why: str = "unreadable") -> list[str]:
+    """Every step -> ROOT/<step>.<why> (an explicit fresh start over unreadable steps)."""
+    return [self.set_aside(s, why) for s in self.all_steps()]
 
   def wait(self, prune: bool = True) -> None:
     """Blocks until the save in flight is on disk (CheckpointSaveError if it failed).
