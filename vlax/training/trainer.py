@@ -55,6 +55,7 @@ from vlax.training import mesh as mesh_lib
 from vlax.training import optimizer as optimizer_lib
 from vlax.training import saving
 from vlax.training import train_step as step_lib
+from vlax.training import workdir_lock
 from vlax.training.config import config_to_dict, default_train_config, with_defaults
 from vlax.training.preemption import Preemption
 from vlax.training.saving import TrainingDivergedError  # raised by train()
@@ -84,15 +85,17 @@ def train(config: Any, workdir: str, *,
   """
   t_start = time.time()
   preemption = Preemption()  # first, so a SIGTERM during set-up is not fatal
+  lock = workdir_lock.WorkdirLock(os.path.abspath(workdir))  # taken in _train
   try:
     return _train(with_defaults(config), workdir, data_iterator_fn, eval_iterator_fn, mesh,
-                  on_log, preemption, t_start)
+                  on_log, preemption, t_start, lock)
   finally:
+    lock.release()
     preemption.close()
 
 
 def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, preemption,
-           t_start):
+           t_start, lock):
   # Set-up: checks, mesh, WORKDIR/config.json, the checkpoint manager.
   config_checks.check_train_config(config)
   workdir = os.path.abspath(workdir)
@@ -104,6 +107,8 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
   local_bs = batch_size // nproc
   log_every, ckpt_every = max(1, int(config.log_every)), int(config.checkpoint_every)
   eval_every = int(config.eval_every) if eval_iterator_fn else 0
+  # One writer per workdir (process 0 holds WORKDIR/vlax.lock for the whole run).
+  lock.acquire(pid, nproc, prepare=lambda: _make_workdir(workdir))
   if pid == 0:
     _write_config(workdir, config)
   ckpt = checkpointing.Checkpointer(
@@ -332,13 +337,20 @@ def _end_of_data(logger, ckpt, run: _Run, step: int, state, acc, last_metrics,
                   save_data_state=False)
 
 
-def _write_config(workdir: str, config: Any) -> None:
-  """Creates WORKDIR and writes config.json: the first write, so an unusable workdir (a
-  file, read-only, no space) is a one-line error before any set-up."""
+def _make_workdir(workdir: str) -> None:
+  """Creates WORKDIR: the first write, so an unusable workdir (a file, read-only, no
+  space) is a one-line error before any set-up."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise VlaxError(f"workdir {workdir} exists and is not a directory")
   try:
     os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise VlaxError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
+
+
+def _write_config(workdir: str, config: Any) -> None:
+  """Writes WORKDIR/config.json (once the lock is ours)."""
+  try:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
   except OSError as e:
