@@ -71,6 +71,27 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return np.clip(np.round(np.asarray(out)), 0, 255).astype(np.uint8)
 
 
+def check_instruction(instruction: Any, what: str = "instruction") -> str:
+  """The one rule for an instruction (Policy, `vlax serve`): a str with a non-blank
+  character, encodable as UTF-8 (a lone surrogate such as '\\ud800' is valid JSON but
+  cannot be tokenized). bytes are refused, as by the server: decode them first."""
+  if isinstance(instruction, np.ndarray) and instruction.ndim == 0:
+    instruction = instruction.item()
+  if isinstance(instruction, bytes):
+    raise VlaxError(f"{what} must be a str, got bytes (decode it first, e.g. "
+                    ".decode('utf-8'))")
+  if not isinstance(instruction, str):
+    raise VlaxError(f"{what} must be a str, got {type(instruction).__name__}")
+  if not instruction.strip():
+    raise VlaxError(f"{what} must be a non-empty string, got {instruction!r}")
+  try:
+    instruction.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise VlaxError(f"{what} is not valid Unicode text ({e.reason} at character "
+                    f"{e.start})") from None
+  return instruction
+
+
 class Policy:
   """A checkpoint's policy: `predict_action(observation, instruction) -> [K, A]` actions.
 
@@ -304,10 +325,7 @@ class Policy:
                          None)
       if instruction is None:
         raise VlaxError("no instruction given (argument or observation['instruction'])")
-    if isinstance(instruction, np.ndarray) and instruction.ndim == 0:
-      instruction = instruction.item()
-    if not isinstance(instruction, (str, bytes)):
-      raise VlaxError(f"instruction must be a str, got {type(instruction).__name__}")
+    instruction = check_instruction(instruction)
     images, image_mask = self._images(observation)
     proprio, proprio_mask = self._proprio(observation, dataset)
     prompt = self.builder.prompt_inputs(instruction, proprio, proprio_mask)
