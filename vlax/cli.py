@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from typing import Callable, Sequence
 
@@ -141,6 +142,28 @@ def _cmd_plan(args: argparse.Namespace, overrides: list[str]) -> None:
   main_plan(args.config, args.topology, overrides, args.out)
 
 
+def _exit_on_sigterm(command: str, out: str | None) -> None:
+  """SIGTERM before a server is up, or during `vlax eval`: one line and a prompt exit.
+  os._exit, not an exception: one raised into jax/TF (a GC callback, a tf.data thread)
+  was swallowed or crashed the interpreter's teardown. eval first removes OUT.partial
+  (the results are staged there), so OUT is left as it was. A serving server replaces
+  this handler with its own clean shutdown."""
+
+  def handler(signum, frame):  # pylint: disable=unused-argument
+    if command == "serve":
+      print("vlax serve: stopped (SIGTERM) before serving", file=sys.stderr, flush=True)
+      os._exit(0)  # pylint: disable=protected-access
+    run = sys.modules.get("vlax.evaluation.run")
+    if run is not None and out:
+      run.StagedOutput(out).abort()
+    print(f"error: terminated (SIGTERM); no report written, {out} left as it was",
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(143)  # pylint: disable=protected-access
+
+  signal.signal(signal.SIGTERM, handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="vlax", description="Vision-language-action policies in JAX.")
@@ -262,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise VlaxError(f"--config.* overrides are only for train/eval/plan, not "
                       f"{args.command!r}")
     fn: Callable[[argparse.Namespace, list[str]], None] = args.fn
+    if args.command in ("serve", "eval"):
+      _exit_on_sigterm(args.command, getattr(args, "out", None))
     fn(args, overrides)
     return 0
   except VlaxError as e:

@@ -30,7 +30,9 @@ import binascii
 import http.server
 import io
 import json
+import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any, Mapping
@@ -286,9 +288,31 @@ def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000,
     raise VlaxError(f"cannot listen on {host}:{port}: {e}") from None
   h, p = server.server_address[:2]
   print(f"serving {policy} on http://{h}:{p} (GET /health, POST /act)", flush=True)
+  serve_until_stopped(server.serve_forever, server.shutdown, server.server_close)
+
+
+def serve_until_stopped(serve_forever, shutdown, *close) -> None:
+  """Runs `serve_forever` in a thread until SIGTERM or Ctrl-C, then stops it cleanly
+  (the accept loop ends, the socket closes) and says so in one line: SIGTERM is how
+  process managers stop a server, not a crash."""
+  stop = threading.Event()
+  prev = None
+  if threading.current_thread() is threading.main_thread():
+    prev = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+  thread = threading.Thread(target=serve_forever, name="vlax-serve", daemon=True)
+  thread.start()
+  why = "SIGTERM"
   try:
-    server.serve_forever()
+    while not stop.wait(0.5) and thread.is_alive():
+      pass
   except KeyboardInterrupt:
-    pass
+    why = "Ctrl-C"
   finally:
-    server.server_close()
+    shutdown()
+    for fn in close:
+      fn()
+    thread.join(timeout=10)
+    if prev is not None:
+      signal.signal(signal.SIGTERM, prev)
+  if stop.is_set() or why == "Ctrl-C":
+    print(f"server stopped ({why})", file=sys.stderr, flush=True)
