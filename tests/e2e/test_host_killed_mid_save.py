@@ -3,23 +3,18 @@
 Orbax writes a step into `<step>.orbax-checkpoint-tmp-<t>` and process 0 renames it once
 every process has finished writing; a host that dies before then leaves exactly that
 temporary directory. The restarted run must resume from the newest complete step, never
-from the half-written one. The real two-process kill is `slow`; the cheap test leaves the
-same on-disk state by hand.
+from the half-written one. The real two-process kill runs with VLAX_KILL_TEST=1 (too
+costly for CI); tests/e2e/test_reliability.py leaves the same on-disk state by hand.
 """
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
-import jax
 import pytest
 
-from vlax.training import checkpointing
-from vlax.training import mesh as mesh_lib
-from vlax.training import trainer
 
 import _train_utils as U
 from test_multiprocess import WORKER, child_env, free_port, wait_all
@@ -41,6 +36,9 @@ def _workers(workdir, extra, port=None):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("VLAX_KILL_TEST") != "1",
+                    reason="four JAX processes (~80 CPU-s): VLAX_KILL_TEST=1 runs it; "
+                    "test_reliability.py's half-written-step test covers CI")
 def test_two_processes_one_killed_mid_async_save_resume_from_the_complete_step(tmp_path):
   """Two processes; process 1 is SIGKILLed right after the async save of step 4 started
   (step 2 is complete); process 0 is then killed too (the pod restarts). The restart
@@ -67,25 +65,3 @@ def test_two_processes_one_killed_mid_async_save_resume_from_the_complete_step(t
   assert _steps(ckpt_dir) == [2, 4]
   assert not [d for d in os.listdir(ckpt_dir) if TMP in d]  # the leftover was removed
   assert "took over the lock of a run that is gone" in outs[0]  # process 0's kill -9
-
-
-def test_half_written_step_is_never_restored(tmp_path):
-  """The on-disk state a killed async save leaves (a temporary directory holding some
-  items, no commit_success.txt, never renamed), made by hand from a real step: restore
-  takes the complete step; the next start removes the leftover."""
-  mesh = mesh_lib.mesh_from_config({"data": 1, "fsdp": 1, "tensor": 1},
-                                   devices=jax.devices()[:1])
-  c = U.tiny_config(num_steps=2, checkpoint_every=2)
-  trainer.train(c, str(tmp_path), data_iterator_fn=U.synthetic_data_fn(), mesh=mesh)
-  root = tmp_path / "checkpoints"
-  half = root / f"4{TMP}-1796400000000000"
-  shutil.copytree(root / "2", half)
-  os.remove(half / "commit_success.txt")
-  shutil.rmtree(half / "train_state")  # its last item was still being written
-  setup = trainer.ModelSetup(c, trainer.build_model_config(c, U.metadata()), mesh,
-                             U.make_batch(8), len(U.DATASET_NAMES))
-  ckpt = checkpointing.Checkpointer(str(root))
-  step, _ = ckpt.restore_latest(setup.abstract_state, setup.state_sharding)
-  ckpt.close()
-  assert step == 2
-  assert os.listdir(root) == ["2"]  # cleanup_tmp_directories removed the leftover

@@ -23,7 +23,7 @@ from vlax.data.oxe import registry
 import _train_utils as U
 
 TINY = ["--config.model.preset=tiny", "--config.data.image_size=32",
-        "--config.data.toy_episodes=20", "--config.batch_size=8", "--config.log_every=1",
+        "--config.data.toy_episodes=6", "--config.batch_size=8", "--config.log_every=1",
         "--config.checkpoint_every=2", "--config.data.shuffle_buffer=16",
         "--config.logging.progress=False", "--config.logging.tensorboard=False",
         "--config.eval_every=0"]
