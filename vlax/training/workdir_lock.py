@@ -24,6 +24,7 @@ id, since when), when another live run holds it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -32,6 +33,9 @@ import threading
 import time
 import uuid
 from typing import Any, Callable
+
+import numpy as np
+from jax.experimental import multihost_utils
 
 from vlax.errors import VlaxError
 
@@ -95,9 +99,8 @@ def _guard(path: str):
   """An exclusive flock around check-and-take (released by the kernel if we die);
   nothing where the file system has no flock."""
   try:
-    import fcntl  # pylint: disable=g-import-not-at-top  (POSIX only)
     f = open(path, "a")
-  except (ImportError, OSError):
+  except OSError:
     yield
     return
   try:
@@ -150,8 +153,6 @@ class WorkdirLock:
       except VlaxError as e:
         error = e
     if process_count > 1:
-      import numpy as np  # pylint: disable=g-import-not-at-top
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       refused = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
       if refused and error is None:
         raise WorkdirInUseError(f"workdir {self.workdir}: process 0 could not take the "
