@@ -15,7 +15,8 @@ import json
 import os
 import signal
 import sys
-from typing import Callable, Sequence
+import threading
+from typing import Any, Callable, Sequence
 
 from vlax.errors import VlaxError
 
@@ -142,7 +143,7 @@ def _cmd_plan(args: argparse.Namespace, overrides: list[str]) -> None:
   main_plan(args.config, args.topology, overrides, args.out)
 
 
-def _exit_on_sigterm(command: str, out: str | None) -> None:
+def _exit_on_sigterm(command: str, out: str | None) -> Any:
   """SIGTERM before a server is up, or during `vlax eval`: one line and a prompt exit.
   os._exit, not an exception: one raised into jax/TF (a GC callback, a tf.data thread)
   was swallowed or crashed the interpreter's teardown. eval first removes OUT.partial
@@ -161,7 +162,9 @@ def _exit_on_sigterm(command: str, out: str | None) -> None:
     sys.stdout.flush()
     os._exit(143)  # pylint: disable=protected-access
 
-  signal.signal(signal.SIGTERM, handler)
+  if threading.current_thread() is not threading.main_thread():
+    return None  # (signals reach the main thread only)
+  return signal.signal(signal.SIGTERM, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,9 +288,14 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise VlaxError(f"--config.* overrides are only for train/eval/plan, not "
                       f"{args.command!r}")
     fn: Callable[[argparse.Namespace, list[str]], None] = args.fn
+    previous = None
     if args.command in ("serve", "eval"):
-      _exit_on_sigterm(args.command, getattr(args, "out", None))
-    fn(args, overrides)
+      previous = _exit_on_sigterm(args.command, getattr(args, "out", None))
+    try:
+      fn(args, overrides)
+    finally:
+      if previous is not None:  # cli.main called in-process (tests) leaves no handler
+        signal.signal(signal.SIGTERM, previous)
     return 0
   except VlaxError as e:
     if debug:
