@@ -313,7 +313,7 @@ class Policy:
       return p.astype(np.float32), mask
     return normalize(p, st, self.norm_mode(dataset)).astype(np.float32), mask
 
-  def prepare(self, observation: Mapping[str, Any], instruction: str | bytes | None,
+  def prepare(self, observation: Mapping[str, Any], instruction: str | None,
               dataset: str | None = None) -> ModelInputs:
     """One model input (unbatched numpy `ModelInputs`), laid out as in training."""
     dataset = self._resolve_dataset(dataset)
@@ -358,7 +358,7 @@ class Policy:
     return unnormalize(norm, st, self.norm_mode(dataset)).astype(np.float32)
 
   def predict_action(self, observation: Mapping[str, Any],
-                     instruction: str | bytes | None = None, *, dataset: str | None = None,
+                     instruction: str | None = None, *, dataset: str | None = None,
                      return_tokens: bool = False):
     """float32 [chunk_len, action_dim] actions in the robot's units.
 
@@ -374,7 +374,7 @@ class Policy:
     return out[0]
 
   def predict_action_batch(self, observations: Sequence[Mapping[str, Any]],
-                           instructions: Sequence[str | bytes | None], *,
+                           instructions: Sequence[str | None], *,
                            dataset: str | Sequence[str] | None = None,
                            return_tokens: bool = False):
     """Predicts B chunks with one jitted decode (prompts right-padded to max_len).
@@ -461,7 +461,7 @@ class ActionChunker:
     self.num_plans = 0
 
   def __call__(self, observation: Mapping[str, Any],
-               instruction: str | bytes | None = None) -> np.ndarray:
+               instruction: str | None = None) -> np.ndarray:
     """float32 [action_dim]: the next action of the current (or a fresh) plan."""
     if instruction is None:
       instruction = next((observation.get(k) for k in _INSTRUCTION_KEYS

@@ -5,7 +5,8 @@ nothing, so the train loop calls it unconditionally.
 
 - metrics.jsonl: one JSON object per logged step ({"step": ..., "loss": ..., ...}).
   On resume from step S, lines with step > S (logged after the checkpoint the run
-  resumes from) are dropped so the file has no duplicated steps.
+  resumes from) are dropped so the file has no duplicated steps; a run from step 0 over
+  an earlier history (no checkpoint left) moves it to metrics.jsonl.<time>.old.
 - TensorBoard: event files under WORKDIR/tensorboard via tf.summary (skipped with a
   warning when TensorFlow is not installed, e.g. on GPU machines).
 - W&B: imported only when enabled; `mode="offline"` by default unless WANDB_MODE is
@@ -100,6 +101,10 @@ class MetricsLogger:
       return
     os.makedirs(workdir, exist_ok=True)
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    if start_step == 0 and os.path.exists(self.jsonl_path) and os.path.getsize(
+        self.jsonl_path):  # history of a run with no checkpoint left: kept, not emptied
+      print(f"warning: {self.jsonl_path} holds an earlier run with no checkpoint to resume "
+            f"from; moved to {set_aside_history(workdir)}", file=sys.stderr, flush=True)
     truncate_jsonl(self.jsonl_path, start_step)
     self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
     if tensorboard:
