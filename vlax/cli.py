@@ -154,6 +154,9 @@ def _exit_on_sigterm(command: str, out: str | None) -> Any:
     if command == "serve":
       print("vlax serve: stopped (SIGTERM) before serving", file=sys.stderr, flush=True)
       os._exit(0)  # pylint: disable=protected-access
+    mp = sys.modules.get("multiprocessing")  # eval --workers: no orphaned workers
+    for child in mp.active_children() if mp is not None else ():
+      child.terminate()
     run = sys.modules.get("vlax.evaluation.run")
     if run is not None and out:
       run.StagedOutput(out).abort()
