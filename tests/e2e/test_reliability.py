@@ -133,6 +133,21 @@ def test_half_written_async_save_is_never_restored(base, tmp_path):
   assert sorted(os.listdir(run / "checkpoints")) == ["2", "4"]
 
 
+def test_a_complete_step_this_run_did_not_skip_is_never_set_aside(base, tmp_path):
+  """Issue 24 case 3 behind the lock: a second writer's save of a step that another run
+  completed meanwhile stops with one line instead of moving that step aside."""
+  base_dir, setup, pristine = base
+  run = _copy(base_dir, tmp_path)
+  ckpt = checkpointing.Checkpointer(str(run / "checkpoints"))
+  state, meta = ckpt.restore(2, setup.abstract_state, setup.state_sharding)
+  with pytest.raises(checkpointing.CheckpointSaveError, match="appeared while this run"):
+    ckpt.save(4, state, meta)
+  step, state = ckpt.restore_latest(setup.abstract_state, setup.state_sharding)
+  ckpt.close()
+  assert step == 4 and _steps(run) == [2, 4]
+  _assert_same(_params(state), pristine[4])
+
+
 def test_no_readable_step_is_a_short_error(base, tmp_path):
   base_dir, setup, _ = base
   run = _copy(base_dir, tmp_path)

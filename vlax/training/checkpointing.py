@@ -226,6 +226,7 @@ class Checkpointer:
     self._good = {s for s in self.manager.all_steps() if self._is_complete(s)}
     self._metrics: dict[int, float] = {}
     self._saving: int | None = None  # a save not yet seen finished on disk
+    self._skipped: set[int] = set()  # steps restore walked past (replaced when re-saved)
 
   def _step_path(self, step: int):
     return epath.Path(self.root) / str(step)
@@ -277,8 +278,12 @@ class Checkpointer:
     ocp = _ocp()
     step = int(step)
     self._finish()
-    if self._step_path(step).exists():  # a step skipped on restore (unreadable)
-      self.set_aside(step, "unreadable")
+    if self._step_path(step).exists():
+      if step not in self._skipped and self._is_complete(step):
+        raise CheckpointSaveError(  # never set aside a step this run did not judge
+            f"checkpoint {self._step_path(step)} appeared while this run was training "
+            "(another run writing to this workdir?); it was not touched")
+      self.set_aside(step, "unreadable")  # a step skipped on restore (unreadable)
     meta = {"text_tokenizer": {}, "action_tokenizer": {}, "statistics": {}, "config": {},
             **dict(metadata), "format": ckpt_format.FORMAT, "step": step}
     ckpt_format._check_json(meta)  # pylint: disable=protected-access
@@ -440,6 +445,7 @@ class Checkpointer:
         except VlaxError as e:
           why = str(e).split(": ", 1)[-1]
       self._good.discard(step)
+      self._skipped.add(step)
       tried.append(f"{step}: {why}")
       self._warn(f"warning: checkpoint {self.root}/{step} is unreadable ({why}); "
                  "trying the previous step")
