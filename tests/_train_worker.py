@@ -28,6 +28,10 @@ p.add_argument("--lr", type=float, default=3e-3)
 p.add_argument("--heartbeat", type=int, default=None, help="heartbeat timeout (s)")
 p.add_argument("--stateful", action="store_true",
                help="use the save_state/restore_state iterator (exact resume)")
+p.add_argument("--kill_at_save", type=int, default=0,
+               help="SIGKILL this process right after the async save of this step "
+                    "started (a host lost mid-save)")
+p.add_argument("--kill_process", type=int, default=1, help="which process --kill_at_save kills")
 args = p.parse_args()
 
 os.environ["JAX_PLATFORMS"] = "cpu"
@@ -79,6 +83,18 @@ def data_fn(config, process_index, process_count, start_step):
 
 
 pid = jax.process_index()
+if args.kill_at_save and pid == args.kill_process:
+  import signal  # pylint: disable=g-import-not-at-top
+  from vlax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  real_save = checkpointing.Checkpointer.save
+
+  def save_then_die(self, step, *a, **k):
+    out = real_save(self, step, *a, **k)
+    if step == args.kill_at_save:  # the arrays are being written in the background now
+      os.kill(os.getpid(), signal.SIGKILL)
+    return out
+
+  checkpointing.Checkpointer.save = save_then_die
 log_path = os.path.join(args.workdir, f"proc{pid}.jsonl")
 os.makedirs(args.workdir, exist_ok=True)
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
-from typing import Callable, Sequence
+import threading
+from typing import Any, Callable, Sequence
 
 from vlax.errors import VlaxError
 
@@ -157,6 +159,33 @@ def _raw_weights_flag(p: argparse.ArgumentParser) -> None:
   p.add_argument("--raw-weights", action="store_true",
                  help="use the checkpoint's raw params, not its EMA weights (checkpoints "
                       "trained with ema_decay > 0 hold both; default: EMA)")
+
+
+def _exit_on_sigterm(command: str, out: str | None) -> Any:
+  """SIGTERM before a server is up, or during `vlax eval`: one line and a prompt exit.
+  os._exit, not an exception: one raised into jax/TF (a GC callback, a tf.data thread)
+  was swallowed or crashed the interpreter's teardown. eval first removes OUT.partial
+  (the results are staged there), so OUT is left as it was. A serving server replaces
+  this handler with its own clean shutdown."""
+
+  def handler(signum, frame):  # pylint: disable=unused-argument
+    if command == "serve":
+      print("vlax serve: stopped (SIGTERM) before serving", file=sys.stderr, flush=True)
+      os._exit(0)  # pylint: disable=protected-access
+    mp = sys.modules.get("multiprocessing")  # eval --workers: no orphaned workers
+    for child in mp.active_children() if mp is not None else ():
+      child.terminate()
+    run = sys.modules.get("vlax.evaluation.run")
+    if run is not None and out:
+      run.StagedOutput(out).abort()
+    print(f"error: terminated (SIGTERM); no report written, {out} left as it was",
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(143)  # pylint: disable=protected-access
+
+  if threading.current_thread() is not threading.main_thread():
+    return None  # (signals reach the main thread only)
+  return signal.signal(signal.SIGTERM, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,7 +345,14 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise VlaxError(f"--config.* overrides are only for train/eval/plan, not "
                       f"{args.command!r}")
     fn: Callable[[argparse.Namespace, list[str]], None] = args.fn
-    fn(args, overrides)
+    previous = None
+    if args.command in ("serve", "eval"):
+      previous = _exit_on_sigterm(args.command, getattr(args, "out", None))
+    try:
+      fn(args, overrides)
+    finally:
+      if previous is not None:  # cli.main called in-process (tests) leaves no handler
+        signal.signal(signal.SIGTERM, previous)
     return 0
   except VlaxError as e:
     if debug:

@@ -96,6 +96,14 @@ def test_bad_requests_get_400_with_message(served):
       ({**good, "observation": {k: v for k, v in good["observation"].items()
                                 if k != "proprio"}}, "no 'proprio'"),
   ]
+  cases += [  # issue 24: a lone surrogate (valid JSON) was a 500; "false" read as true
+      ({**good, "instruction": "pick \ud800 up"}, "not valid Unicode text"),
+      ({**good, "instruction": " \t"}, "non-empty string"),
+      ({**good, "return_tokens": "false"}, "'return_tokens' must be true or false"),
+      ({**good, "return_tokens": 1}, "'return_tokens' must be true or false"),
+      ({**good, "observation": {**good["observation"], "image_wrist_mask": "false"}},
+       "['image_wrist_mask'] must be true or false"),
+  ]
   for body, msg in cases:
     status, out = _call(url + "/act", body)
     assert status == 400, (body.keys(), out)

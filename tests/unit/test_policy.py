@@ -183,6 +183,11 @@ def test_observation_errors(policy):
       policy.predict_action(o, "x", dataset="robot_a")
   with pytest.raises(VlaxError, match="instruction"):
     policy.predict_action(obs, 3, dataset="robot_a")
+  # The server's rule (issue 24): no empty, blank or bytes instruction, no lone surrogate.
+  for instruction, msg in [("", "non-empty string"), (" \n", "non-empty string"),
+                           (b"wave", "got bytes"), ("pick \ud800 up", "not valid Unicode")]:
+    with pytest.raises(VlaxError, match=msg):
+      policy.predict_action(obs, instruction, dataset="robot_a")
   with pytest.raises(VlaxError, match="batch example 1: .*uint8"):
     policy.predict_action_batch([obs, {**obs, "image_wrist": np.zeros((4, 4, 3))}],
                                 ["x", "y"], dataset="robot_a")

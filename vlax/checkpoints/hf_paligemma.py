@@ -121,6 +121,9 @@ def read_config(path: str):
                     "(a PaliGemmaForConditionalGeneration checkpoint)")
   text = cfg.get("text_config")
   vision = cfg.get("vision_config")
+  for key, section in (("text_config", text), ("vision_config", vision)):
+    if section is not None and not isinstance(section, dict):
+      raise VlaxError(f"{cfg_path}: {key} must be an object, got {type(section).__name__}")
   text = {**_GEMMA_DEFAULTS, **(_PALIGEMMA_TEXT if text is None else {}), **(text or {})}
   vision = {**_SIGLIP_DEFAULTS, **(_PALIGEMMA_VISION if vision is None else {}),
             **(vision or {})}
@@ -135,6 +138,10 @@ def read_config(path: str):
     raise VlaxError(f"{cfg_path}: vision_config.model_type is {vision_type!r}, expected "
                     "'siglip_vision_model'")
   rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
+  if not isinstance(rope, dict):
+    key = "rope_parameters" if text.get("rope_parameters") else "rope_scaling"
+    raise VlaxError(f"{cfg_path}: text_config.{key} must be an object or null, got "
+                    f"{rope!r}")
   rope_type = rope.get("rope_type", rope.get("type", "default"))
   if rope_type != "default":
     raise VlaxError(f"{cfg_path}: text_config rope type {rope_type!r} is not supported")
@@ -171,8 +178,9 @@ def read_config(path: str):
             rms_norm_eps=_positive(text, "rms_norm_eps", f"{cfg_path}: text_config", float),
             rope_theta=_positive({"rope_theta": rope_theta}, "rope_theta",
                                  f"{cfg_path}: text_config", float)))
-  except VlaxError as e:
-    raise VlaxError(f"{cfg_path}: {e}") from None
+  except VlaxError as e:  # the config classes' own checks do not name the file
+    msg = str(e)
+    raise VlaxError(msg if msg.startswith(cfg_path) else f"{cfg_path}: {msg}") from None
 
 
 class _Tensors:

@@ -13,6 +13,8 @@ and the Meta-World eval must never load it (MuJoCo's EGL rendering crashes under
 
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Any, Sequence
 
 from vlax.data.oxe import metaworld
@@ -30,7 +32,70 @@ __all__ = ["DATA_KEYS", "EvalData", "PredictFn", "eval_config", "evaluate_offlin
 
 def main_eval(args, overrides: Sequence[str] = ()) -> dict[str, Any]:
   """`vlax eval` entry point (args: checkpoint, step, out, config, env, episodes,
-  max_batches)."""
+  max_batches). Everything is written to OUT.partial and moved into OUT at the end, so
+  an eval that fails or is stopped (SIGTERM) leaves OUT as it was."""
+  if not getattr(args, "out", None):
+    return _dispatch(args, overrides)
+  out = args.out
+  with StagedOutput(out) as tmp:
+    args.out = tmp
+    try:
+      return _dispatch(args, overrides)
+    finally:
+      args.out = out
+
+
+class StagedOutput:
+  """`with StagedOutput(OUT) as tmp:` a fresh OUT.partial directory to write into; on
+  success its entries replace those of OUT, on any exception it is removed. OUT/_eval_data
+  (the generated toy-data cache) is carried into it and back."""
+
+  def __init__(self, out: str):
+    self.out = os.path.abspath(out.rstrip("/") or out)
+    self.tmp = self.out + ".partial"
+
+  def __enter__(self) -> str:
+    if os.path.exists(self.out) and not os.path.isdir(self.out):
+      raise VlaxError(f"--out {self.out} exists and is not a directory")
+    try:
+      if os.path.isdir(self.tmp):
+        shutil.rmtree(self.tmp)
+      os.makedirs(self.tmp)
+    except OSError as e:
+      raise VlaxError(f"cannot create output directory {self.tmp}: "
+                      f"{e.strerror or e}") from None
+    self._move(self.out, self.tmp, [_CACHE])
+    return self.tmp
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is None:
+      os.makedirs(self.out, exist_ok=True)
+      self._move(self.tmp, self.out, sorted(os.listdir(self.tmp)))
+      shutil.rmtree(self.tmp, ignore_errors=True)
+      return
+    self.abort()
+
+  def abort(self) -> None:
+    """Removes OUT.partial (the toy-data cache goes back into an existing OUT)."""
+    if os.path.isdir(self.out):
+      self._move(self.tmp, self.out, [_CACHE])
+    shutil.rmtree(self.tmp, ignore_errors=True)
+
+  @staticmethod
+  def _move(src: str, dst: str, names: Sequence[str]) -> None:
+    for name in names:
+      a, b = os.path.join(src, name), os.path.join(dst, name)
+      if not os.path.lexists(a):
+        continue
+      if os.path.isdir(b) and not os.path.islink(b):
+        shutil.rmtree(b)
+      os.replace(a, b)
+
+
+_CACHE = "_eval_data"
+
+
+def _dispatch(args, overrides: Sequence[str]) -> dict[str, Any]:
   env = getattr(args, "env", None)
   if env == "metaworld":
     if overrides or getattr(args, "config", None):

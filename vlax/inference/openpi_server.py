@@ -42,6 +42,7 @@ from vlax.checkpoints import weights as weights_lib
 from vlax.errors import VlaxError
 from vlax.inference import msgpack_arrays
 from vlax.inference.policy import Policy
+from vlax.inference.server import serve_until_stopped
 
 MAX_MESSAGE_BYTES = 8 << 20  # 2 cameras of 640x480 RGB fit ~4 times over
 MAX_PROMPT_CHARS = 2000
@@ -319,9 +320,4 @@ def serve_openpi(checkpoint: str, host: str = "127.0.0.1", port: int = 8000,
   h, p = server.socket.getsockname()[:2]
   print(f"serving {policy} for dataset {name!r} on ws://{h}:{p} (openpi protocol; keys "
         f"{key_map.keys}; GET /healthz)", flush=True)
-  try:
-    server.serve_forever()
-  except KeyboardInterrupt:
-    pass
-  finally:
-    server.shutdown()
+  serve_until_stopped(server.serve_forever, server.shutdown)

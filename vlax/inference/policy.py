@@ -71,6 +71,27 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return np.clip(np.round(np.asarray(out)), 0, 255).astype(np.uint8)
 
 
+def check_instruction(instruction: Any, what: str = "instruction") -> str:
+  """The one rule for an instruction (Policy, `vlax serve`): a str with a non-blank
+  character, encodable as UTF-8 (a lone surrogate such as '\\ud800' is valid JSON but
+  cannot be tokenized). bytes are refused, as by the server: decode them first."""
+  if isinstance(instruction, np.ndarray) and instruction.ndim == 0:
+    instruction = instruction.item()
+  if isinstance(instruction, bytes):
+    raise VlaxError(f"{what} must be a str, got bytes (decode it first, e.g. "
+                    ".decode('utf-8'))")
+  if not isinstance(instruction, str):
+    raise VlaxError(f"{what} must be a str, got {type(instruction).__name__}")
+  if not instruction.strip():
+    raise VlaxError(f"{what} must be a non-empty string, got {instruction!r}")
+  try:
+    instruction.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise VlaxError(f"{what} is not valid Unicode text ({e.reason} at character "
+                    f"{e.start})") from None
+  return instruction
+
+
 class Policy:
   """A checkpoint's policy: `predict_action(observation, instruction) -> [K, A]` actions.
 
@@ -293,7 +314,7 @@ class Policy:
       return p.astype(np.float32), mask
     return normalize(p, st, self.norm_mode(dataset)).astype(np.float32), mask
 
-  def prepare(self, observation: Mapping[str, Any], instruction: str | bytes | None,
+  def prepare(self, observation: Mapping[str, Any], instruction: str | None,
               dataset: str | None = None) -> ModelInputs:
     """One model input (unbatched numpy `ModelInputs`), laid out as in training."""
     dataset = self._resolve_dataset(dataset)
@@ -305,10 +326,7 @@ class Policy:
                          None)
       if instruction is None:
         raise VlaxError("no instruction given (argument or observation['instruction'])")
-    if isinstance(instruction, np.ndarray) and instruction.ndim == 0:
-      instruction = instruction.item()
-    if not isinstance(instruction, (str, bytes)):
-      raise VlaxError(f"instruction must be a str, got {type(instruction).__name__}")
+    instruction = check_instruction(instruction)
     images, image_mask = self._images(observation)
     if self.seq.format == "openpi":  # openpi attends missing cameras as black images
       image_mask = np.ones_like(image_mask)
@@ -349,7 +367,7 @@ class Policy:
     return unnormalize(norm, st, self.norm_mode(dataset)).astype(np.float32)
 
   def predict_action(self, observation: Mapping[str, Any],
-                     instruction: str | bytes | None = None, *, dataset: str | None = None,
+                     instruction: str | None = None, *, dataset: str | None = None,
                      return_tokens: bool = False):
     """float32 [chunk_len, action_dim] actions in the robot's units.
 
@@ -365,7 +383,7 @@ class Policy:
     return out[0]
 
   def predict_action_batch(self, observations: Sequence[Mapping[str, Any]],
-                           instructions: Sequence[str | bytes | None], *,
+                           instructions: Sequence[str | None], *,
                            dataset: str | Sequence[str] | None = None,
                            return_tokens: bool = False):
     """Predicts B chunks with one jitted decode (prompts right-padded to max_len).
@@ -452,7 +470,7 @@ class ActionChunker:
     self.num_plans = 0
 
   def __call__(self, observation: Mapping[str, Any],
-               instruction: str | bytes | None = None) -> np.ndarray:
+               instruction: str | None = None) -> np.ndarray:
     """float32 [action_dim]: the next action of the current (or a fresh) plan."""
     if instruction is None:
       instruction = next((observation.get(k) for k in _INSTRUCTION_KEYS

@@ -30,7 +30,9 @@ import binascii
 import http.server
 import io
 import json
+import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any, Mapping
@@ -39,7 +41,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vlax.errors import VlaxError
-from vlax.inference.policy import Policy
+from vlax.inference.policy import Policy, check_instruction
 
 MAX_BODY_BYTES = 8 << 20  # a few raw 640x480 cameras as base64
 MAX_INSTRUCTION_CHARS = 2000
@@ -120,11 +122,14 @@ def parse_request(body: bytes) -> dict[str, Any]:
   if unknown:
     raise VlaxError(f"unknown request field(s) {unknown}; allowed: {list(ALLOWED_FIELDS)}")
   instruction = req.get("instruction")
-  if not isinstance(instruction, str) or not instruction.strip():
-    raise VlaxError("request field 'instruction' must be a non-empty string")
-  if len(instruction) > MAX_INSTRUCTION_CHARS:
+  if len(instruction if isinstance(instruction, str) else "") > MAX_INSTRUCTION_CHARS:
     raise VlaxError(f"request field 'instruction' has {len(instruction)} characters, at "
                     f"most {MAX_INSTRUCTION_CHARS} are accepted")
+  instruction = check_instruction(instruction, "request field 'instruction'")
+  return_tokens = req.get("return_tokens", False)
+  if not isinstance(return_tokens, bool):
+    raise VlaxError(f"request field 'return_tokens' must be true or false, got "
+                    f"{return_tokens!r}")
   obs_in = req.get("observation")
   if not isinstance(obs_in, dict):
     raise VlaxError("request field 'observation' must be an object of camera images")
@@ -134,7 +139,9 @@ def parse_request(body: bytes) -> dict[str, Any]:
   obs: dict[str, Any] = {}
   for key, value in obs_in.items():
     if key.startswith("image_") and key.endswith("_mask"):
-      obs[key] = bool(value)
+      if not isinstance(value, bool):  # "false" is not false
+        raise VlaxError(f"observation[{key!r}] must be true or false, got {value!r}")
+      obs[key] = value
     elif key.startswith("image_"):
       obs[key] = decode_image(value, key)  # None: camera missing (masked)
     elif key in ("proprio", "proprio_mask"):
@@ -150,7 +157,7 @@ def parse_request(body: bytes) -> dict[str, Any]:
   if dataset is not None and not isinstance(dataset, str):
     raise VlaxError("request field 'dataset' must be a string")
   return {"instruction": instruction, "observation": obs, "dataset": dataset,
-          "return_tokens": bool(req.get("return_tokens", False))}
+          "return_tokens": return_tokens}
 
 
 def health(policy) -> dict[str, Any]:
@@ -281,9 +288,31 @@ def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000,
     raise VlaxError(f"cannot listen on {host}:{port}: {e}") from None
   h, p = server.server_address[:2]
   print(f"serving {policy} on http://{h}:{p} (GET /health, POST /act)", flush=True)
+  serve_until_stopped(server.serve_forever, server.shutdown, server.server_close)
+
+
+def serve_until_stopped(serve_forever, shutdown, *close) -> None:
+  """Runs `serve_forever` in a thread until SIGTERM or Ctrl-C, then stops it cleanly
+  (the accept loop ends, the socket closes) and says so in one line: SIGTERM is how
+  process managers stop a server, not a crash."""
+  stop = threading.Event()
+  prev = None
+  if threading.current_thread() is threading.main_thread():
+    prev = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+  thread = threading.Thread(target=serve_forever, name="vlax-serve", daemon=True)
+  thread.start()
+  why = "SIGTERM"
   try:
-    server.serve_forever()
+    while not stop.wait(0.5) and thread.is_alive():
+      pass
   except KeyboardInterrupt:
-    pass
+    why = "Ctrl-C"
   finally:
-    server.server_close()
+    shutdown()
+    for fn in close:
+      fn()
+    thread.join(timeout=10)
+    if prev is not None:
+      signal.signal(signal.SIGTERM, prev)
+  if stop.is_set() or why == "Ctrl-C":
+    print(f"server stopped ({why})", file=sys.stderr, flush=True)

@@ -15,6 +15,7 @@
   data_state.py     the input pipeline's position saved with each checkpoint
   saving.py         a run's saves, the divergence verdict, clean-up after a failed save
   preemption.py     SIGTERM -> stop at the next step boundary on every process
+  workdir_lock.py   one writer per workdir: WORKDIR/vlax.lock, a lease process 0 renews
   trainer.py        train(config, workdir, data_iterator_fn=...): the loop
   plan.py           `vlax plan`: compile the train step for a TPU topology
 

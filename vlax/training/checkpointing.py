@@ -100,6 +100,11 @@ class OptimizerMismatchError(VlaxError):
   """The checkpoint's optimizer state does not fit the configured optimizer."""
 
 
+class NoReadableCheckpointError(VlaxError):
+  """ROOT holds steps and none restores: the run stops (nothing moved) unless the user
+  chose to start over (`restart_over_unreadable`)."""
+
+
 class CheckpointSaveError(VlaxError):
   """A save failed (disk full, permission, ...): training stops; earlier steps are intact."""
 
@@ -225,6 +230,7 @@ class Checkpointer:
     self._good = {s for s in self.manager.all_steps() if self._is_complete(s)}
     self._metrics: dict[int, float] = {}
     self._saving: int | None = None  # a save not yet seen finished on disk
+    self._skipped: set[int] = set()  # steps restore walked past (replaced when re-saved)
 
   def _step_path(self, step: int):
     return epath.Path(self.root) / str(step)
@@ -276,8 +282,12 @@ class Checkpointer:
     ocp = _ocp()
     step = int(step)
     self._finish()
-    if self._step_path(step).exists():  # a step skipped on restore (unreadable)
-      self.set_aside(step, "unreadable")
+    if self._step_path(step).exists():
+      if step not in self._skipped and self._is_complete(step):
+        raise CheckpointSaveError(  # never set aside a step this run did not judge
+            f"checkpoint {self._step_path(step)} appeared while this run was training "
+            "(another run writing to this workdir?); it was not touched")
+      self.set_aside(step, "unreadable")  # a step skipped on restore (unreadable)
     meta = {"text_tokenizer": {}, "action_tokenizer": {}, "statistics": {}, "config": {},
             **dict(metadata), "format": ckpt_format.FORMAT, "step": step}
     ckpt_format._check_json(meta)  # pylint: disable=protected-access
@@ -429,7 +439,7 @@ class Checkpointer:
     Each step skipped (incomplete, corrupt, or holding another step) gets one warning
     line and stops counting as good; it stays on disk until a new save of that step sets
     it aside (ROOT/<step>.unreadable). (None, None) when ROOT has no step; a one-line
-    VlaxError when steps exist but none is readable (nothing is moved then: a config
+    NoReadableCheckpointError when steps exist but none is readable (nothing is moved then: a config
     that does not fit any step is a config error, not corruption). An optimizer config
     change is raised at once."""
     tried = []
@@ -450,13 +460,32 @@ class Checkpointer:
         except VlaxError as e:
           why = str(e).split(": ", 1)[-1]
       self._good.discard(step)
+      self._skipped.add(step)
       tried.append(f"{step}: {why}")
       self._warn(f"warning: checkpoint {self.root}/{step} is unreadable ({why}); "
                  "trying the previous step")
     if tried:
-      raise VlaxError(f"no readable checkpoint in {self.root} (" + "; ".join(tried)[:600]
-                      + ")")
+      raise self._none_readable(tried)
     return None, None
+
+  def check_restorable(self) -> None:
+    """Cheap check before any set-up: steps on disk and not one has every item ->
+    NoReadableCheckpointError listing each (a silent fresh start would overwrite them and
+    the metrics history)."""
+    steps = self.all_steps()
+    if steps and not any(self._is_complete(s) for s in steps):
+      raise self._none_readable(
+          [f"{s}: incomplete: no {PARAMS}/ or {TRAIN_STATE}/" for s in reversed(steps)])
+
+  def _none_readable(self, tried: list[str]) -> NoReadableCheckpointError:
+    return NoReadableCheckpointError(
+        f"no readable checkpoint in {self.root} (" + "; ".join(tried)[:600] + "); nothing "
+        "was moved. Repair or delete these steps, or pass "
+        "--config.restart_over_unreadable=True to set them aside and start from step 0")
+
+  def set_aside_all(self, why: str = "unreadable") -> list[str]:
+    """Every step -> ROOT/<step>.<why> (an explicit fresh start over unreadable steps)."""
+    return [self.set_aside(s, why) for s in self.all_steps()]
 
   def wait(self, prune: bool = True) -> None:
     """Blocks until the save in flight is on disk (CheckpointSaveError if it failed).

@@ -49,6 +49,11 @@ def default_train_config() -> ml_collections.ConfigDict:
   # weights have none: fresh) and it fits the configured optimizer (else VlaxError);
   # True always starts fresh. The step counter restarts at 0 either way.
   c.reset_optimizer = False
+  # WORKDIR/checkpoints holds steps but none restores (incomplete, corrupt, another
+  # config): False stops with one line listing each step (nothing moved); True sets them
+  # aside as <step>.unreadable, the metrics history as metrics.jsonl.<time>.old, and
+  # trains from step 0. Pass it for the one run that starts over.
+  c.restart_over_unreadable = False
   c.eval_every = 0            # validation loss every N steps (0 = off) ...
   c.eval_steps = 10           # ... over M batches
   c.lora = ml_collections.ConfigDict({

@@ -11,12 +11,17 @@ checkpoint is gone are deleted.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Callable
 
 from etils import epath  # local or gs:// paths
 
 from vlax.checkpoints import format as ckpt_format
 from vlax.errors import VlaxError
+
+
+def _warn(text: str) -> None:
+  print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
 def state_dir(workdir: str, step: int, pid: int) -> epath.Path:
@@ -72,14 +77,14 @@ def restore(data_it, workdir: str, step: int | None, pid: int, nproc: int) -> bo
   except (OSError, ValueError):
     return False
   if saved_nproc != nproc:
-    print(f"data state of step {step} was written by {saved_nproc} processes, this run has "
-          f"{nproc}: the input stream is re-seeded with the resume step instead")
+    _warn(f"data state of step {step} was written by {saved_nproc} processes, this run "
+          f"has {nproc}: the input stream is re-seeded with the resume step instead")
     return False
   try:
     data_it.restore_state(os.fspath(d))
   except Exception as e:  # pylint: disable=broad-except  (truncated, garbage, config change)
     why = e if isinstance(e, VlaxError) else ckpt_format.short_error(e)
-    print(f"data state not restored ({why}); the input stream is re-seeded with the "
+    _warn(f"data state not restored ({why}); the input stream is re-seeded with the "
           "resume step instead")
     return None
   return True

@@ -5,7 +5,8 @@ nothing, so the train loop calls it unconditionally.
 
 - metrics.jsonl: one JSON object per logged step ({"step": ..., "loss": ..., ...}).
   On resume from step S, lines with step > S (logged after the checkpoint the run
-  resumes from) are dropped so the file has no duplicated steps.
+  resumes from) are dropped so the file has no duplicated steps; a run from step 0 over
+  an earlier history (no checkpoint left) moves it to metrics.jsonl.<time>.old.
 - TensorBoard: event files under WORKDIR/tensorboard via tf.summary (skipped with a
   warning when TensorFlow is not installed, e.g. on GPU machines).
 - W&B: imported only when enabled; `mode="offline"` by default unless WANDB_MODE is
@@ -37,25 +38,46 @@ def _jsonable(v: Any) -> Any:
 
 
 def truncate_jsonl(path: str, max_step: int) -> None:
-  """Drops lines whose step is > max_step (resume without duplicated steps)."""
+  """Drops lines whose step is > max_step (resume without duplicated steps).
+
+  Lines that do not parse (a torn last line from a killed run, bytes that are not UTF-8)
+  are moved to PATH.unreadable with one warning line, never silently dropped."""
   if not os.path.exists(path):
     return
-  keep = []
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if not line:
+  keep, bad = [], []
+  with open(path, "rb") as f:
+    for raw in f:
+      raw = raw.strip()
+      if not raw:
         continue
       try:
+        line = raw.decode("utf-8")
         if int(json.loads(line).get("step", -1)) > max_step:
           continue
-      except (ValueError, AttributeError):
-        continue  # a torn last line from a killed run
+      except (ValueError, AttributeError, TypeError):  # (UnicodeDecodeError: a ValueError)
+        bad.append(raw)
+        continue
       keep.append(line)
+  if bad:
+    with open(path + ".unreadable", "ab") as f:
+      f.write(b"".join(l + b"\n" for l in bad))
+    print(f"warning: {path}: {len(bad)} line(s) that are not JSON metrics (torn or not "
+          f"UTF-8) moved to {path}.unreadable", file=sys.stderr, flush=True)
   tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  with open(tmp, "w", encoding="utf-8") as f:
     f.write("".join(l + "\n" for l in keep))
   os.replace(tmp, path)
+
+
+def set_aside_history(workdir: str) -> str | None:
+  """Renames WORKDIR/metrics.jsonl to metrics.jsonl.<UTC time>.old (a run that starts
+  over keeps the old history); returns the new path, or None when there is none."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return None
+  dst = f"{path}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.old"
+  os.replace(path, dst)
+  return dst
 
 
 class MetricsLogger:
@@ -79,8 +101,12 @@ class MetricsLogger:
       return
     os.makedirs(workdir, exist_ok=True)
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    if start_step == 0 and os.path.exists(self.jsonl_path) and os.path.getsize(
+        self.jsonl_path):  # history of a run with no checkpoint left: kept, not emptied
+      print(f"warning: {self.jsonl_path} holds an earlier run with no checkpoint to resume "
+            f"from; moved to {set_aside_history(workdir)}", file=sys.stderr, flush=True)
     truncate_jsonl(self.jsonl_path, start_step)
-    self._jsonl = open(self.jsonl_path, "a")
+    self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
     if tensorboard:
       try:
         import tensorflow as tf  # pylint: disable=g-import-not-at-top

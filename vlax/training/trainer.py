@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -57,6 +58,7 @@ from vlax.training import perf as perf_lib
 from vlax.training import profiling
 from vlax.training import saving
 from vlax.training import train_step as step_lib
+from vlax.training import workdir_lock
 from vlax.training.config import config_to_dict, default_train_config, with_defaults
 from vlax.training.preemption import Preemption
 from vlax.training.saving import TrainingDivergedError  # raised by train()
@@ -86,15 +88,17 @@ def train(config: Any, workdir: str, *,
   """
   t_start = time.time()
   preemption = Preemption()  # first, so a SIGTERM during set-up is not fatal
+  lock = workdir_lock.WorkdirLock(os.path.abspath(workdir))  # taken in _train
   try:
     return _train(with_defaults(config), workdir, data_iterator_fn, eval_iterator_fn, mesh,
-                  on_log, preemption, t_start)
+                  on_log, preemption, t_start, lock)
   finally:
+    lock.release()
     preemption.close()
 
 
 def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, preemption,
-           t_start):
+           t_start, lock):
   # Set-up: checks, mesh, WORKDIR/config.json, the checkpoint manager.
   config_checks.check_train_config(config)
   workdir = os.path.abspath(workdir)
@@ -106,6 +110,8 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
   local_bs = batch_size // nproc
   log_every, ckpt_every = max(1, int(config.log_every)), int(config.checkpoint_every)
   eval_every = int(config.eval_every) if eval_iterator_fn else 0
+  # One writer per workdir (process 0 holds WORKDIR/vlax.lock for the whole run).
+  lock.acquire(pid, nproc, prepare=lambda: _make_workdir(workdir))
   if pid == 0:
     _write_config(workdir, config)
   ckpt = checkpointing.Checkpointer(
@@ -230,12 +236,14 @@ class _Run:
 def _start(config, workdir: str, ckpt, mesh, data_iterator_fn, local_bs: int) -> _Run:
   """Opens the data at the resume step, builds the model and restores or inits the state."""
   pid, nproc = jax.process_index(), jax.process_count()
+  try:  # steps on disk and none complete: stop (or start over when asked), never silently
+    ckpt.check_restorable()
+  except checkpointing.NoReadableCheckpointError as e:
+    _start_over(config, workdir, ckpt, e)
   resume_step = ckpt.latest_step()
   start_step = resume_step or 0
-  if resume_step is None and config.init_from_required and not config.init_from:
-    raise VlaxError("config.init_from is required by this config (a fine-tuning "
-                    "config): pass --config.init_from=PATH (a vlax checkpoint, an "
-                    "export bundle or imported PaliGemma weights)")
+  if resume_step is None:
+    _check_init_from(config)
   data_it, data_meta, data_restored = data_state.open_data(
       data_iterator_fn, config, workdir, resume_step, pid, nproc)
   dataset_names = list(data_meta.get("dataset_names", []))
@@ -254,19 +262,24 @@ def _start(config, workdir: str, ckpt, mesh, data_iterator_fn, local_bs: int) ->
   }
   if setup.lora is not None:
     metadata["lora"] = setup.lora.to_metadata()
-  init_message = None
+  init_message = state = None
   seed, reset_opt = int(config.seed), bool(config.reset_optimizer)
   if resume_step is not None:
-    found, state = ckpt.restore_latest(setup.abstract_state, setup.state_sharding,
-                                       restore_opt_state=not reset_opt)
-    if found != resume_step:  # walked back past unreadable steps: data from `found`
-      resume_step = start_step = found
+    try:
+      found, state = ckpt.restore_latest(setup.abstract_state, setup.state_sharding,
+                                         restore_opt_state=not reset_opt)
+    except checkpointing.NoReadableCheckpointError as e:
+      _start_over(config, workdir, ckpt, e)  # raises unless restart_over_unreadable
+      found = None
+    if found != resume_step:  # walked back past unreadable steps (or started over)
+      resume_step, start_step = found, found or 0
       data_it, first, data_restored = _reopen_data(
           data_iterator_fn, config, workdir, found, pid, nproc, local_bs)
-    if reset_opt:
+    if state is not None and reset_opt:
       state = setup.create_state(state.params, seed, resume_step).replace(
           rng=state.rng, ema_params=state.ema_params)
-  else:
+  if state is None:
+    _check_init_from(config)
     init_from = config.init_from
     params = (init_from_lib.load_params(init_from, setup, seed) if init_from
               else setup.init_params(seed))
@@ -278,6 +291,29 @@ def _start(config, workdir: str, ckpt, mesh, data_iterator_fn, local_bs: int) ->
               dataset_names=dataset_names, metadata=metadata, resume_step=resume_step,
               start_step=start_step, data_restored=data_restored,
               init_message=init_message)
+
+
+def _check_init_from(config) -> None:
+  if config.init_from_required and not config.init_from:
+    raise VlaxError("config.init_from is required by this config (a fine-tuning "
+                    "config): pass --config.init_from=PATH (a vlax checkpoint, an "
+                    "export bundle or imported PaliGemma weights)")
+
+
+def _start_over(config, workdir: str, ckpt, error: checkpointing.NoReadableCheckpointError
+                ) -> None:
+  """No step restores: raise `error` (nothing moved), unless the user chose
+  `restart_over_unreadable`: then every step is set aside as <step>.unreadable and the
+  metrics history as metrics.jsonl.<time>.old (kept, never deleted) for a run from 0."""
+  if not config.restart_over_unreadable:
+    raise error
+  moved = ckpt.set_aside_all("unreadable")
+  old = logging_lib.set_aside_history(workdir) if jax.process_index() == 0 else None
+  if jax.process_index() == 0:
+    print(f"warning: restart_over_unreadable: starting from step 0; {len(moved)} "
+          f"unreadable step(s) set aside as {ckpt.root}/<step>.unreadable"
+          + (f"; metrics history moved to {old}" if old else ""), file=sys.stderr,
+          flush=True)
 
 
 def _logger(config, workdir: str, run: _Run, ckpt, mesh) -> logging_lib.MetricsLogger:
@@ -354,24 +390,32 @@ def _end_of_data(logger, ckpt, run: _Run, step: int, state, acc, last_metrics,
                   save_data_state=False)
 
 
-def _write_config(workdir: str, config: Any) -> None:
-  """Creates WORKDIR and writes config.json: the first write, so an unusable workdir (a
-  file, read-only, no space) is a one-line error before any set-up."""
+def _make_workdir(workdir: str) -> None:
+  """Creates WORKDIR: the first write, so an unusable workdir (a file, read-only, no
+  space) is a one-line error before any set-up."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise VlaxError(f"workdir {workdir} exists and is not a directory")
   try:
     os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise VlaxError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
+
+
+def _write_config(workdir: str, config: Any) -> None:
+  """Writes WORKDIR/config.json (once the lock is ours)."""
+  try:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
   except OSError as e:
     raise VlaxError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
 
 
-def _reopen_data(data_iterator_fn, config, workdir: str, step: int, pid: int, nproc: int,
-                 local_bs: int):
-  """After restore fell back to an earlier `step`: its pipeline and first batch."""
+def _reopen_data(data_iterator_fn, config, workdir: str, step: int | None, pid: int,
+                 nproc: int, local_bs: int):
+  """After restore fell back to an earlier `step` (None: started over): its pipeline and
+  first batch."""
   it, _, restored = data_state.open_data(data_iterator_fn, config, workdir, step, pid, nproc)
-  first = Batch.from_host(next(it), local_bs, step)
+  first = Batch.from_host(next(it), local_bs, step or 0)
   return it, first, restored
 
 

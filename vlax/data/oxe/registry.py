@@ -108,10 +108,18 @@ def _load_user_module(entry: str) -> None:
     except Exception as e:  # noqa: BLE001 - name the user's file
       raise VlaxError(f"VLAX_DATASETS: {entry} failed to load: {type(e).__name__}: {e}") from e
   else:
+    if not all(part.isidentifier() for part in entry.split(".")):
+      raise VlaxError(f"VLAX_DATASETS: {entry!r} is neither a module name (a.b.c) nor a "
+                      ".py file")
     try:
       importlib.import_module(entry)
+    except VlaxError:
+      raise
     except ImportError as e:
       raise VlaxError(f"VLAX_DATASETS: cannot import {entry!r}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - name the user's module
+      raise VlaxError(f"VLAX_DATASETS: module {entry!r} failed to load: "
+                      f"{type(e).__name__}: {e}") from e
 
 
 def _load_catalog() -> None:
