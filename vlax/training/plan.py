@@ -584,7 +584,7 @@ def _largest_batch(per_chip_batch: float, fixed: float, temps: float,
 
 
 def _gib(x: float) -> str:
-  return f"{x / 2**30:.1f} GiB"
+  return f"{x / 2**30:.3g} GiB"
 
 
 def summary(result: Mapping[str, Any]) -> str:
@@ -602,14 +602,14 @@ def summary(result: Mapping[str, Any]) -> str:
   if step:
     b = result["step_time_bounds_s"]
     lines.append(
-        f"  step time >= {step:.3f} s ({result['bound']}-bound: compute {b['compute']:.3f}, "
-        f"hbm {b['hbm']:.3f}, ici {b['ici']:.3f}; {result['step_time_no_overlap_s']:.3f} s "
+        f"  step time >= {step:.3g} s ({result['bound']}-bound: compute {b['compute']:.3g}, "
+        f"hbm {b['hbm']:.3g}, ici {b['ici']:.3g}; {result['step_time_no_overlap_s']:.3g} s "
         f"without overlap), MFU <= {result['mfu_estimate']}, "
         f"{result['examples_per_s_estimate']:g} examples/s")
     c = result["collectives"]
     lines.append("  collectives per step: " + ", ".join(
         f"{c[k]['count']} {k}" for k in ("all-gather", "reduce-scatter", "all-reduce"))
-                 + f"; ICI traffic {result['ici_traffic_bytes_per_chip'] / 1e9:.2f} GB "
+                 + f"; ICI traffic {result['ici_traffic_bytes_per_chip'] / 1e9:.3g} GB "
                  "per chip")
   biggest = sorted(result.get("largest_buffers") or [], key=lambda r: -r["bytes"])[:3]
   if biggest:

@@ -186,9 +186,9 @@ def _row_words(e: Mapping[str, Any]) -> str:
     return f"error ({e['error'][:120]})"
   hbm = e["hbm_per_chip_bytes"]["total"] / 2**30
   if not e.get("step_time_estimate_s"):
-    return f"does not fit ({hbm:.1f} GiB per chip)"
-  return (f"{'fits' if e['fits'] else 'does not fit'}, {hbm:.1f} GiB per chip, step >= "
-          f"{e['step_time_estimate_s']:.3f} s, ICI {e['ici_traffic_bytes_per_chip'] / 1e9:.2f}"
+    return f"does not fit ({hbm:.3g} GiB per chip)"
+  return (f"{'fits' if e['fits'] else 'does not fit'}, {hbm:.3g} GiB per chip, step >= "
+          f"{e['step_time_estimate_s']:.3g} s, ICI {e['ici_traffic_bytes_per_chip'] / 1e9:.3g}"
           f" GB per chip, compiled in {e['compile_s']} s")
 
 
@@ -210,16 +210,16 @@ def table(result: Mapping[str, Any]) -> str:
     remat = e["remat_policy"] if e["model"]["remat"] else "none"
     if not e.get("step_time_estimate_s"):
       lines.append(f"| {e['rank']} | {mesh} | {e['global_batch']} | {remat} | no | "
-                   f"{hbm:.1f} |" + " - |" * 7)
+                   f"{hbm:.3g} |" + " - |" * 7)
       continue
     c, b = e["collectives"], e["step_time_bounds_s"]
     lines.append(
         f"| {e['rank']} | {mesh} | {e['global_batch']} | {remat} | "
-        f"{'yes' if e['fits'] else 'no'} | {hbm:.1f} | {c['all-gather']['count']} | "
+        f"{'yes' if e['fits'] else 'no'} | {hbm:.3g} | {c['all-gather']['count']} | "
         f"{c['reduce-scatter']['count']} | {c['all-reduce']['count']} | "
-        f"{e['ici_traffic_bytes_per_chip'] / 1e9:.2f} | {b['compute']:.3f} / {b['ici']:.3f}"
-        f" / {e['step_time_estimate_s']:.3f} ({e['bound']}) | "
-        f"{e['step_time_no_overlap_s']:.3f} | {e['mfu_estimate']} |")
+        f"{e['ici_traffic_bytes_per_chip'] / 1e9:.3g} | {b['compute']:.3g} / {b['ici']:.3g}"
+        f" / {e['step_time_estimate_s']:.3g} ({e['bound']}) | "
+        f"{e['step_time_no_overlap_s']:.3g} | {e['mfu_estimate']} |")
   chosen = result.get("chosen")
   lines.append("")
   if chosen is None:
