@@ -111,12 +111,15 @@ def quiet_libtpu(topo: tpu_chips.Topology) -> None:
   accelerator type, prints "Failed to find host bounds ..." and an E0000 INVALID_ARGUMENT
   about TPU_WORKER_HOSTNAMES (harmless for a compile-only topology, alarming for a user).
   One local worker and the slice's own type silence both (libtpu's log-level variables
-  do not: they apply after that code runs); the topology's devices are unchanged.
-  Values already in the environment win. Must run before libtpu loads.
+  do not: they apply after that code runs); the topology's devices are unchanged. Later,
+  a 3B compile trips libtpu's "Very slow compile?" alarm (an E-level log line): stderr
+  logging is raised to FATAL, since the compiler's real errors (out of HBM) reach Python
+  as exceptions. Values already in the environment win (TPU_STDERR_LOG_LEVEL=0 shows
+  everything). Must run before libtpu loads.
   """
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", accelerator_type(topo))
-  os.environ.setdefault("TPU_STDERR_LOG_LEVEL", "2")  # errors only, should any come
+  os.environ.setdefault("TPU_STDERR_LOG_LEVEL", "3")
 
 
 def topology_devices(topo: tpu_chips.Topology) -> list:
