@@ -166,12 +166,12 @@ def test_candidate_meshes_and_options():
                                 vision=types.SimpleNamespace(num_heads=16))
   got = plan_sweep.candidate_meshes(64, 2048, 1, model)
   assert {"data": 1, "fsdp": 64, "tensor": 1} in got
-  assert {"data": 4, "fsdp": 16, "tensor": 1} in got and len(got) == 8
+  assert {"data": 4, "fsdp": 16, "tensor": 1} in got and len(got) == 5 * 3
   assert all(m["data"] * m["fsdp"] * m["tensor"] == 64 for m in got)
   # The batch must split over data x fsdp (x grad accumulation); fsdp a power of two.
   assert plan_sweep.candidate_meshes(64, 32, 1, model, tensor_sizes=(1,)) == []
   assert plan_sweep.candidate_meshes(64, 32, 1, model, tensor_sizes=(2,)) == [
-      {"data": d, "fsdp": 32 // d, "tensor": 2} for d in (1, 2, 4, 8)]
+      {"data": d, "fsdp": 32 // d, "tensor": 2} for d in (1, 2, 4, 8, 16)]
   assert plan_sweep.candidate_meshes(64, 32, 2, model, tensor_sizes=(2,)) == []
   assert plan_sweep.candidate_meshes(24, 48, 1, model, tensor_sizes=(1,)) == []
   # tensor must divide both towers' heads (12 heads: 8 does not).
@@ -188,6 +188,19 @@ def test_candidate_meshes_and_options():
                              "dots_with_no_batch_dims_saveable")
   assert c.model.remat and c.model.overrides.endswith("remat_policy=dots_with_no_batch_dims_saveable")
   assert not plan_sweep._with_remat(c, "none").model.remat  # pylint: disable=protected-access
+
+
+@needs_libtpu
+def test_meshes_jax_cannot_lay_onto_the_torus_are_skipped():
+  topo = tpu_chips.resolve("v5p-128")
+  assert plan_lib.topology_mesh({"data": 4, "fsdp": 16, "tensor": 1}, topo).shape == {
+      "data": 4, "fsdp": 16, "tensor": 1}
+  with pytest.raises(VlaxError, match="cannot be laid out on v5p:4x4x4"):
+    plan_lib.topology_mesh({"data": 2, "fsdp": 32, "tensor": 1}, topo)
+  jobs = [({"data": d, "fsdp": 64 // d, "tensor": 1}, 2048, None, None) for d in (1, 2, 4)]
+  keep, skipped = plan_sweep._placeable(jobs, topo)  # pylint: disable=protected-access
+  assert [j[0]["data"] for j in keep] == [1, 4]
+  assert [s["mesh"] for s in skipped] == ["2x32x1"] and "laid out" in skipped[0]["reason"]
 
 
 @needs_libtpu

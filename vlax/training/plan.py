@@ -405,6 +405,20 @@ def _suggestion(config, mesh_shape, per_chip_batch, largest_batch, args, temps,
   return "; ".join(tips) or "a larger topology"
 
 
+def topology_mesh(mesh_config: Mapping[str, Any], topo: tpu_chips.Topology):
+  """The training mesh on the slice's chips, or a one-line error when jax cannot lay the
+  axes onto the physical torus (each axis must be made of whole physical dimensions:
+  on v5p:4x4x4, fsdp=16 is one 4x4 plane, fsdp=32 would split one)."""
+  devices = topology_devices(topo)
+  try:
+    return mesh_lib.mesh_from_config(mesh_config, devices=devices)
+  except (NotImplementedError, ValueError, AssertionError) as e:
+    shape = {k: mesh_config.get(k) for k in mesh_lib.AXES}
+    raise VlaxError(f"mesh {shape} cannot be laid out on {topo.topology}'s chips "
+                    f"(jax.make_mesh: {str(e).splitlines()[0][:160]}); use axis sizes "
+                    "that are products of the topology's dimensions") from None
+
+
 _BUILT: dict[tuple[str, str], tuple] = {}  # one compile per (config, topology) per process
 
 
@@ -413,8 +427,7 @@ def _build(config: Any, topo: tpu_chips.Topology) -> tuple:
   key = (config_lib.config_to_dict(config).__repr__(), topo.topology)
   if key in _BUILT:
     return _BUILT[key]
-  devices = topology_devices(topo)
-  mesh = mesh_lib.mesh_from_config(config.mesh, devices=devices)
+  mesh = topology_mesh(config.mesh, topo)
   batch_size = int(config.batch_size)
   mesh_lib.check_batch_size(batch_size, mesh, int(config.optimizer.grad_accum_steps))
   vocab, vocab_source = plan_vocab_size(config)

@@ -2,11 +2,14 @@
 TPU topology and rank them, so the plan chooses the mesh instead of a person.
 
 Candidates (kept modest: every one is a full TPU compile, minutes for a 3B model):
-`data` in `data_sizes` (default 1, 2, 4, 8) x `tensor` in `tensor_sizes` (default 1, 2),
-`fsdp` = the rest of the chips, kept when `fsdp` is a power of two, the global batch
-splits over `data x fsdp` (and the gradient-accumulation steps), and `tensor` divides the
-head counts of both towers (otherwise their attention would be replicated). `meshes`
-replaces that list with explicit `DxFxT` shapes.
+`data` in `data_sizes` (default 1, 2, 4, 8, 16) x `tensor` in `tensor_sizes` (default
+1, 2, 4), `fsdp` = the rest of the chips, kept when `fsdp` is a power of two, the global
+batch splits over `data x fsdp` (and the gradient-accumulation steps), `tensor` divides
+the head counts of both towers (otherwise their attention would be replicated), and
+jax can lay the mesh onto the slice's torus (each axis made of whole physical
+dimensions: on v5p:4x4x4 that leaves 1x64x1, 4x16x1, 16x4x1, 1x16x4, 4x4x4, 16x1x4).
+The others are listed under `sweep.skipped` with the reason. `meshes` replaces the list
+with explicit `DxFxT` shapes.
 
 Ranking, among candidates that fit: the estimated step time per example (the roofline
 lower bound, `step_time_estimate_s` / global batch) rounded to 3 significant digits, then
@@ -30,8 +33,8 @@ from vlax.training import plan as plan_lib
 from vlax.training import setup as setup_lib
 from vlax.training import tpu_chips
 
-DATA_SIZES = (1, 2, 4, 8)
-TENSOR_SIZES = (1, 2)
+DATA_SIZES = (1, 2, 4, 8, 16)
+TENSOR_SIZES = (1, 2, 4)
 RANKING = ("fits first; then step time per example (max of compute, HBM and ICI bounds, "
            "3 significant digits); then the no-overlap step time per example; then ICI "
            "traffic per chip per example")
@@ -103,6 +106,23 @@ def _with_remat(config, policy: str):
   return c
 
 
+def _placeable(jobs: list, topo: tpu_chips.Topology) -> tuple[list, list[dict]]:
+  """Drops the meshes jax cannot lay onto the slice (no compile needed to know)."""
+  keep, skipped, seen = [], [], {}
+  for job in jobs:
+    label = _label(job[0])
+    if label not in seen:
+      try:
+        plan_lib.topology_mesh(job[0], topo)
+        seen[label] = None
+      except VlaxError as e:
+        seen[label] = str(e)
+        skipped.append({"mesh": label, "reason": str(e)})
+    if seen[label] is None:
+      keep.append(job)
+  return keep, skipped
+
+
 def rank_key(entry: Mapping[str, Any]) -> tuple:
   """Sort key: smaller is better (see RANKING)."""
   step = entry.get("step_time_estimate_s")
@@ -146,9 +166,11 @@ def sweep(config: Any, topology: str, meshes: Sequence[Mapping[str, int]] | None
           raise VlaxError(f"mesh {_label(mesh)} has {math.prod(mesh.values())} devices; "
                           f"{topology} has {topo.chips} chips")
         jobs.append((mesh, batch, remat, base))
+  jobs, skipped = _placeable(jobs, topo)
   if not jobs:
     raise VlaxError(f"no candidate mesh for {topo.chips} chips at batch {batches} (the "
-                    "batch must split over data x fsdp; try --sweep-data / --meshes)")
+                    "batch must split over data x fsdp, the axes must fit the torus; "
+                    f"skipped: {skipped}; try --sweep-data / --meshes)")
 
   entries = []
   for i, (mesh, batch, remat, base) in enumerate(jobs, 1):
@@ -175,6 +197,7 @@ def sweep(config: Any, topology: str, meshes: Sequence[Mapping[str, int]] | None
   return {
       "topology": topo.topology, "accelerator": topology, "chips": topo.chips,
       "sweep": {"meshes": list(dict.fromkeys(_label(j[0]) for j in jobs)),
+                "skipped": skipped,
                 "batch_sizes": batches, "remat_policies": remats, "ranking": RANKING},
       "candidates": entries,
       "chosen": chosen,
@@ -222,6 +245,10 @@ def table(result: Mapping[str, Any]) -> str:
         f"{e['step_time_no_overlap_s']:.3g} | {e['mfu_estimate']} |")
   chosen = result.get("chosen")
   lines.append("")
+  skipped = result.get("sweep", {}).get("skipped") or []
+  if skipped:
+    lines.append("not compiled (jax cannot lay these axes onto the torus): "
+                 + ", ".join(s["mesh"] for s in skipped))
   if chosen is None:
     lines.append("chosen: none fits; see each candidate's `suggestion` in the JSON")
   else:
