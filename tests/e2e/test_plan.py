@@ -204,6 +204,22 @@ def test_meshes_jax_cannot_lay_onto_the_torus_are_skipped():
 
 
 @needs_libtpu
+def test_shipped_pod_meshes_lay_onto_their_slices():
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "pretrain_oxe.py")
+  spec = importlib.util.spec_from_file_location("pretrain_oxe_for_test", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert module.MESHES
+  for name, (data, fsdp, tensor) in module.MESHES.items():
+    c = load_config(f"{path}:{name}")
+    assert (c.mesh.data, c.mesh.fsdp, c.mesh.tensor) == (data, fsdp, tensor)
+    mesh = plan_lib.topology_mesh(c.mesh, tpu_chips.resolve(name))
+    assert c.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0, name
+  with pytest.raises(VlaxError, match="no mesh for slice"):
+    load_config(f"{path}:v9-1")
+
+
+@needs_libtpu
 @pytest.mark.slow
 def test_plan_sweep_cli_in_a_fresh_process(tmp_path):
   out = tmp_path / "sweep.json"
