@@ -599,8 +599,12 @@ def _largest_batch(per_chip_batch: float, fixed: float, temps: float,
   return int(max(capacity - fixed, 0) // per_example)
 
 
-def _gib(x: float) -> str:
-  return f"{x / 2**30:.3g} GiB"
+def _size(x: float) -> str:
+  """Bytes in the largest binary unit that keeps the number >= 1 (`13.1 GiB`)."""
+  for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if abs(x) >= scale:
+      return f"{x / scale:.3g} {unit}"
+  return f"{int(x)} B"
 
 
 def summary(result: Mapping[str, Any]) -> str:
@@ -611,9 +615,9 @@ def summary(result: Mapping[str, Any]) -> str:
            f"chips), mesh data={m['data']} fsdp={m['fsdp']} tensor={m['tensor']}, "
            f"global batch {result['global_batch']} ({result['per_chip_batch']:g} per chip)"]
   fits = "yes" if result["fits"] else "NO"
-  lines.append(f"  fits: {fits}, {_gib(hbm['total'])} of {_gib(result['hbm_capacity_bytes'])}"
-               f" HBM per chip (arguments {_gib(hbm['arguments'])}, temporaries "
-               f"{_gib(hbm['temps'])})")
+  lines.append(f"  fits: {fits}, {_size(hbm['total'])} of {_size(result['hbm_capacity_bytes'])}"
+               f" HBM per chip (arguments {_size(hbm['arguments'])}, temporaries "
+               f"{_size(hbm['temps'])})")
   step = result.get("step_time_estimate_s")
   if step:
     b = result["step_time_bounds_s"]
@@ -630,7 +634,7 @@ def summary(result: Mapping[str, Any]) -> str:
   biggest = sorted(result.get("largest_buffers") or [], key=lambda r: -r["bytes"])[:3]
   if biggest:
     lines.append("  biggest buffers: " + "; ".join(
-        f"{r['name'][-60:]} {r['bytes'] / 2**20:.0f} MiB" for r in biggest))
+        f"{r['name'][-60:]} {_size(r['bytes'])}" for r in biggest))
   if result.get("suggestion"):
     lines.append(f"  to fit: {result['suggestion']}")
   lines.append(f"  compiled in {result['compile_s']} s; estimates are roofline bounds "
