@@ -218,9 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--meshes", default=None,
                  help="--sweep: these meshes only, DATAxFSDPxTENSOR,... (e.g. 1x64x1,4x16x1)")
   p.add_argument("--sweep-data", default=None,
-                 help="--sweep: data axis sizes to try (default 1,2,4,8; fsdp = the rest)")
+                 help="--sweep: data axis sizes to try (default 1,2,4,8,16; fsdp = the rest)")
   p.add_argument("--sweep-tensor", default=None,
-                 help="--sweep: tensor axis sizes to try (default 1,2)")
+                 help="--sweep: tensor axis sizes to try (default 1,2,4)")
   p.add_argument("--sweep-batch", default=None,
                  help="--sweep: global batch sizes to try (default: the config's)")
   p.add_argument("--sweep-remat", default=None,

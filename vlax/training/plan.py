@@ -412,6 +412,8 @@ def topology_mesh(mesh_config: Mapping[str, Any], topo: tpu_chips.Topology):
   devices = topology_devices(topo)
   try:
     return mesh_lib.mesh_from_config(mesh_config, devices=devices)
+  except VlaxError:
+    raise  # a bad size (-1 twice, not dividing the chips) says so itself
   except (NotImplementedError, ValueError, AssertionError) as e:
     shape = {k: mesh_config.get(k) for k in mesh_lib.AXES}
     raise VlaxError(f"mesh {shape} cannot be laid out on {topo.topology}'s chips "
