@@ -253,9 +253,13 @@ def table(result: Mapping[str, Any]) -> str:
     lines.append("chosen: none fits; see each candidate's `suggestion` in the JSON")
   else:
     m = chosen["mesh"]
-    lines.append(f"chosen: --config.mesh.data={m['data']} --config.mesh.fsdp={m['fsdp']} "
-                 f"--config.mesh.tensor={m['tensor']} --config.batch_size="
-                 f"{chosen['global_batch']}")
+    flags = (f"chosen: --config.mesh.data={m['data']} --config.mesh.fsdp={m['fsdp']} "
+             f"--config.mesh.tensor={m['tensor']} --config.batch_size={chosen['global_batch']}")
+    if any(result.get("sweep", {}).get("remat_policies") or ()):  # remat was swept
+      flags += (f" --config.model.remat=True --config.model.overrides=remat_policy="
+                f"{chosen['remat_policy']}" if chosen["model"]["remat"]
+                else " --config.model.remat=False")
+    lines.append(flags)
   return "\n".join(lines)
 
 
