@@ -185,7 +185,9 @@ def sweep(config: Any, topology: str, meshes: Sequence[Mapping[str, int]] | None
       # One mesh the compiler rejects must not lose the others' minutes of compiling.
       entry = {"mesh": dict(mesh), "global_batch": batch, "fits": False,
                "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
-    entry["remat_policy"] = remat or (entry.get("model") or {}).get("remat_policy")
+    model = entry.get("model")
+    entry["remat_policy"] = remat or (None if model is None else (
+        model["remat_policy"] if model["remat"] else "none"))
     entries.append(entry)
     print(f"[{i}/{len(jobs)}] {what}: {_row_words(entry)}", file=log, flush=True)
 
