@@ -6,6 +6,10 @@
 --run compiles every row that has no `<out>/<config>__<topology>.json` yet, one
 `vlax plan` subprocess at a time (each 3B compile takes minutes); without it the table is
 only rendered from the JSON files already there. Prints a Markdown table.
+
+  python benchmarks/plan_table.py --sweep SWEEP.json [SWEEP2.json ...]
+
+renders the ranked tables of saved `vlax plan --sweep --out SWEEP.json` results again.
 """
 
 from __future__ import annotations
@@ -68,10 +72,18 @@ def render(out: str, rows: list[tuple[str, str]]) -> str:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", required=True)
+  parser.add_argument("--out", default=None)
+  parser.add_argument("--sweep", nargs="+", default=None,
+                      help="render these `vlax plan --sweep` JSON files instead")
   parser.add_argument("--rows", default=DEFAULT_ROWS, help="config:topology,...")
   parser.add_argument("--run", action="store_true", help="compile the missing rows")
   args, overrides = parser.parse_known_args()
+  if args.sweep:
+    from vlax.training import plan_sweep  # pylint: disable=import-outside-toplevel
+    print("\n\n".join(plan_sweep.table(json.load(open(p))) for p in args.sweep))
+    return
+  if not args.out:
+    parser.error("--out is required (or --sweep FILE.json)")
   os.makedirs(args.out, exist_ok=True)
   rows = [tuple(r.split(":", 1)) for r in args.rows.split(",") if r]
   if args.run:

@@ -151,8 +151,23 @@ def _cmd_serve(args: argparse.Namespace, overrides: list[str]) -> None:
 def _cmd_plan(args: argparse.Namespace, overrides: list[str]) -> None:
   # Compile for the TPU topology on this host's CPU: never reach for a local TPU.
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  from vlax.training.plan import main_plan
-  main_plan(args.config, args.topology, overrides, args.out)
+  if not args.sweep:
+    if any(v is not None for v in (args.meshes, args.sweep_data, args.sweep_tensor,
+                                   args.sweep_batch, args.sweep_remat)):
+      raise VlaxError("--meshes / --sweep-* options need --sweep")
+    from vlax.training.plan import main_plan
+    main_plan(args.config, args.topology, overrides, args.out)
+    return
+  from vlax.training import plan_sweep
+  batches = plan_sweep.parse_sizes(args.sweep_batch, "--sweep-batch")
+  remats = ([x.strip() for x in args.sweep_remat.split(",") if x.strip()]
+            if args.sweep_remat else None)
+  plan_sweep.main_sweep(
+      args.config, args.topology, overrides, args.out,
+      meshes=plan_sweep.parse_meshes(args.meshes),
+      data_sizes=plan_sweep.parse_sizes(args.sweep_data, "--sweep-data"),
+      tensor_sizes=plan_sweep.parse_sizes(args.sweep_tensor, "--sweep-tensor"),
+      batch_sizes=batches, remat_policies=remats)
 
 
 def _raw_weights_flag(p: argparse.ArgumentParser) -> None:
@@ -237,13 +252,28 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("plan", help="compile the train step for a TPU topology (CPU only)",
                      description="Compile the real train step for a TPU slice on this host "
                      "(libtpu's topology description) and print HBM per chip, fits, "
-                     "collectives and step-time / MFU estimates as JSON.")
+                     "collectives and step-time / MFU estimates as JSON on stdout (a "
+                     "summary on stderr). --sweep compiles several meshes and ranks them.")
   p.add_argument("--config", default=None,
                  help="config file (path.py[:arg]); default: the embedded debug config")
   p.add_argument("--topology", required=True,
                  help="Cloud accelerator name (v5p-128, v4-128, v5e-256, v6e-64) or a "
                  "topology (v5p:4x4x4)")
   p.add_argument("--out", default=None, help="also write the plan JSON here")
+  p.add_argument("--sweep", action="store_true",
+                 help="compile candidate meshes (data x fsdp x tensor) and rank them: a "
+                 "table on stderr, every candidate and the chosen one in the JSON")
+  p.add_argument("--meshes", default=None,
+                 help="--sweep: these meshes only, DATAxFSDPxTENSOR,... (e.g. 1x64x1,4x16x1)")
+  p.add_argument("--sweep-data", default=None,
+                 help="--sweep: data axis sizes to try (default 1,2,4,8,16; fsdp = the rest)")
+  p.add_argument("--sweep-tensor", default=None,
+                 help="--sweep: tensor axis sizes to try (default 1,2,4)")
+  p.add_argument("--sweep-batch", default=None,
+                 help="--sweep: global batch sizes to try (default: the config's)")
+  p.add_argument("--sweep-remat", default=None,
+                 help="--sweep: remat policies to try, e.g. nothing_saveable,"
+                 "dots_with_no_batch_dims_saveable,none (default: the config's)")
   p.set_defaults(fn=_cmd_plan)
 
   p = sub.add_parser("stats", help="compute (and cache) a dataset's normalization statistics")

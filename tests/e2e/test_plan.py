@@ -1,9 +1,14 @@
-"""`vlax plan`: TPU topology names, the HLO collective parser, and a real compile of the
+"""`vlax plan`: TPU topology names, the HLO collective parser, a real compile of the
 debug model for a 4-chip v5e slice on this CPU host (libtpu's topology description;
-libtpu comes with the [test] extra: `jax[tpu]`)."""
+libtpu comes with the [test] extra: `jax[tpu]`), and `--sweep` over meshes of the tiny
+model in a fresh process (its stderr is where libtpu's start-up noise would show)."""
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
+import types
 
 import pytest
 
@@ -11,6 +16,7 @@ from vlax import cli
 from vlax.config import load_config
 from vlax.errors import VlaxError
 from vlax.training import plan as plan_lib
+from vlax.training import plan_sweep
 from vlax.training import tpu_chips
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
@@ -91,7 +97,8 @@ def test_plan_debug_model_on_v5e_2x2(tmp_path, capsys):
   overrides = ["--config.batch_size=8", "--config.model.scan_unroll=1"]
   out = tmp_path / "plan.json"
   assert cli.main(["plan", "--topology", "v5e:2x2", "--out", str(out), *overrides]) == 0
-  printed = json.loads(capsys.readouterr().out)
+  captured = capsys.readouterr()
+  printed = json.loads(captured.out)
   p = json.loads(out.read_text())
   assert p == printed
   for k in PLAN_KEYS:
@@ -107,6 +114,13 @@ def test_plan_debug_model_on_v5e_2x2(tmp_path, capsys):
   assert p["bound"] in ("compute", "hbm", "ici")
   assert 0 < p["mfu_estimate"] <= 1 and p["step_time_estimate_s"] > 0
   assert p["largest_buffers"] and all(b["bytes"] > 0 for b in p["largest_buffers"])
+  ici = sum(v["traffic_bytes"] for v in p["collectives"].values())
+  assert p["ici_traffic_bytes_per_chip"] == int(ici) > 0
+  assert p["step_time_no_overlap_s"] >= p["step_time_estimate_s"]
+  # The summary for a person goes to stderr (stdout stays one JSON document).
+  err = captured.err
+  assert "fits: yes" in err and "HBM per chip" in err and "MFU <=" in err
+  assert "biggest buffers:" in err and "step time >=" in err
 
   # The same compile judged against a smaller HBM: does not fit, says what to do.
   config = load_config(None, [o[len("--config."):] for o in overrides])
@@ -130,3 +144,121 @@ def test_parse_out_of_hbm_refusals():
   assert oom["allocations"] == [{"name": 'op_name="jit(step)/dot_general"',
                                  "bytes": 3 * 2**30}]
   assert plan_lib._parse_oom("INVALID_ARGUMENT: other") is None  # pylint: disable=protected-access
+
+
+def _entry(mesh, fits=True, step=1.0, no_overlap=1.2, ici=1e9, batch=64):
+  return {"mesh": mesh, "fits": fits, "global_batch": batch, "step_time_estimate_s": step,
+          "step_time_no_overlap_s": no_overlap, "ici_traffic_bytes_per_chip": ici}
+
+
+def test_sweep_ranking_fits_then_step_time_then_ici():
+  fast_no_fit = _entry("a", fits=False, step=0.1)
+  slow = _entry("b", step=2.0, no_overlap=2.0, ici=1e6)
+  chatty = _entry("c", ici=9e9, no_overlap=1.9)  # same lower bound: no-overlap decides
+  quiet = _entry("d", ici=1e9, no_overlap=1.1)
+  big_batch = _entry("e", step=1.5, no_overlap=1.8, ici=2e9, batch=128)  # per example
+  ranked = sorted([fast_no_fit, slow, chatty, quiet, big_batch], key=plan_sweep.rank_key)
+  assert [e["mesh"] for e in ranked] == ["e", "d", "c", "b", "a"]
+
+
+def test_candidate_meshes_and_options():
+  model = types.SimpleNamespace(llm=types.SimpleNamespace(num_heads=8),
+                                vision=types.SimpleNamespace(num_heads=16))
+  got = plan_sweep.candidate_meshes(64, 2048, 1, model)
+  assert {"data": 1, "fsdp": 64, "tensor": 1} in got
+  assert {"data": 4, "fsdp": 16, "tensor": 1} in got and len(got) == 5 * 3
+  assert all(m["data"] * m["fsdp"] * m["tensor"] == 64 for m in got)
+  # The batch must split over data x fsdp (x grad accumulation); fsdp a power of two.
+  assert plan_sweep.candidate_meshes(64, 32, 1, model, tensor_sizes=(1,)) == []
+  assert plan_sweep.candidate_meshes(64, 32, 1, model, tensor_sizes=(2,)) == [
+      {"data": d, "fsdp": 32 // d, "tensor": 2} for d in (1, 2, 4, 8, 16)]
+  assert plan_sweep.candidate_meshes(64, 32, 2, model, tensor_sizes=(2,)) == []
+  assert plan_sweep.candidate_meshes(24, 48, 1, model, tensor_sizes=(1,)) == []
+  # tensor must divide both towers' heads (12 heads: 8 does not).
+  model.vision.num_heads = 12
+  assert all(m["tensor"] != 8 for m in
+             plan_sweep.candidate_meshes(64, 2048, 1, model, tensor_sizes=(1, 8)))
+  assert plan_sweep.parse_meshes("4x16x1, 1x64x1") == [
+      {"data": 4, "fsdp": 16, "tensor": 1}, {"data": 1, "fsdp": 64, "tensor": 1}]
+  with pytest.raises(VlaxError, match="4x16"):
+    plan_sweep.parse_meshes("4x16")
+  with pytest.raises(VlaxError, match="--sweep-batch"):
+    plan_sweep.parse_sizes("8,x", "--sweep-batch")
+  c = plan_sweep._with_remat(load_config(None, ["model.overrides=llm.depth=2"]),  # pylint: disable=protected-access
+                             "dots_with_no_batch_dims_saveable")
+  assert c.model.remat and c.model.overrides.endswith("remat_policy=dots_with_no_batch_dims_saveable")
+  assert not plan_sweep._with_remat(c, "none").model.remat  # pylint: disable=protected-access
+
+
+@needs_libtpu
+def test_meshes_jax_cannot_lay_onto_the_torus_are_skipped():
+  topo = tpu_chips.resolve("v5p-128")
+  assert plan_lib.topology_mesh({"data": 4, "fsdp": 16, "tensor": 1}, topo).shape == {
+      "data": 4, "fsdp": 16, "tensor": 1}
+  with pytest.raises(VlaxError, match="cannot be laid out on v5p:4x4x4"):
+    plan_lib.topology_mesh({"data": 2, "fsdp": 32, "tensor": 1}, topo)
+  jobs = [({"data": d, "fsdp": 64 // d, "tensor": 1}, 2048, None, None) for d in (1, 2, 4)]
+  keep, skipped = plan_sweep._placeable(jobs, topo)  # pylint: disable=protected-access
+  assert [j[0]["data"] for j in keep] == [1, 4]
+  assert [s["mesh"] for s in skipped] == ["2x32x1"] and "laid out" in skipped[0]["reason"]
+
+
+@needs_libtpu
+def test_shipped_pod_meshes_lay_onto_their_slices():
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "pretrain_oxe.py")
+  spec = importlib.util.spec_from_file_location("pretrain_oxe_for_test", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert module.MESHES
+  for name, (data, fsdp, tensor) in module.MESHES.items():
+    c = load_config(f"{path}:{name}")
+    assert (c.mesh.data, c.mesh.fsdp, c.mesh.tensor) == (data, fsdp, tensor)
+    mesh = plan_lib.topology_mesh(c.mesh, tpu_chips.resolve(name))
+    assert c.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0, name
+  with pytest.raises(VlaxError, match="no mesh for slice"):
+    load_config(f"{path}:v9-1")
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_plan_sweep_cli_in_a_fresh_process(tmp_path):
+  out = tmp_path / "sweep.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+      [os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+  for k in ("TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE", "TPU_STDERR_LOG_LEVEL"):
+    env.pop(k, None)
+  r = subprocess.run(
+      [sys.executable, "-m", "vlax.cli", "plan", "--topology", "v5e:2x2", "--sweep",
+       "--meshes", "1x4x1,4x1x1", "--out", str(out), "--config.model.preset=tiny",
+       "--config.data.image_size=32", "--config.batch_size=8",
+       "--config.model.scan_unroll=1"],
+      capture_output=True, text=True, env=env, timeout=600, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  result = json.loads(r.stdout)
+  assert result == json.loads(out.read_text())
+  assert (result["topology"], result["chips"]) == ("v5e:2x2", 4)
+  cands = result["candidates"]
+  assert sorted(plan_sweep._label(c["mesh"]) for c in cands) == ["1x4x1", "4x1x1"]  # pylint: disable=protected-access
+  assert [c["rank"] for c in cands] == [1, 2]
+  for c in cands:
+    for k in PLAN_KEYS:
+      assert k in c, k
+  chosen = result["chosen"]
+  assert chosen == cands[0] and chosen["fits"] is True
+  other = cands[1]
+  per_ex = lambda e: e["step_time_estimate_s"] / e["global_batch"]  # pylint: disable=unnecessary-lambda-assignment
+  assert per_ex(chosen) <= per_ex(other) * 1.001
+  if f"{per_ex(chosen):.3g}" == f"{per_ex(other):.3g}":
+    assert chosen["step_time_no_overlap_s"] <= other["step_time_no_overlap_s"]
+  # Pure data parallelism all-reduces the gradients and gathers nothing; FSDP gathers.
+  by_mesh = {c["mesh"]["data"]: c for c in cands}
+  assert by_mesh[4]["collectives"]["all-gather"]["count"] == 0
+  assert by_mesh[1]["collectives"]["all-gather"]["count"] > 0
+  # stderr: progress, the ranked table and the choice; none of libtpu's start-up noise.
+  err = r.stderr
+  assert "| rank | mesh" in err and "chosen: --config.mesh.data=" in err
+  m = chosen["mesh"]
+  assert f"chosen: --config.mesh.data={m['data']} --config.mesh.fsdp={m['fsdp']}" in err
+  for noise in ("TPU_WORKER_HOSTNAMES", "E0000", "Failed to find host bounds",
+                "INVALID_ARGUMENT"):
+    assert noise not in err, noise

@@ -15,7 +15,9 @@ the TPU compiler. From the executable:
     the forward recompute of remat, at the chip's bf16 peak), HBM traffic (XLA's
     bytes accessed, scaled like its FLOPs for the loop bodies it counts once) and
     collective traffic (ring algorithm) at the chip's ICI bandwidth. Overlap is assumed
-    perfect, so this is a lower bound on the step time (an upper bound on MFU).
+    perfect, so this is a lower bound on the step time (an upper bound on MFU);
+    `step_time_no_overlap_s` adds the ICI time instead (no overlap: the other bound).
+`vlax plan --sweep` (vlax.training.plan_sweep) compiles several meshes and ranks them.
 `VLAX_PLAN_DUMP_HLO=PATH` also writes the compiled HLO text there (to read it by hand).
 """
 
@@ -26,6 +28,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from typing import Any, Mapping
 
@@ -95,11 +98,36 @@ def num_datasets(config: Any) -> int:
   return max(1, len(robot) + len(tuple(d.web_sources or ())))
 
 
+def accelerator_type(topo: tpu_chips.Topology) -> str:
+  """The Cloud accelerator type libtpu expects in TPU_ACCELERATOR_TYPE (`v5litepod-4`)."""
+  prefix = "v5litepod" if topo.chip.name == "v5e" else topo.chip.name
+  return f"{prefix}-{topo.chips * topo.chip.cores_per_chip}"
+
+
+def quiet_libtpu(topo: tpu_chips.Topology) -> None:
+  """Tells libtpu the host facts it looks up at load time, so it logs nothing.
+
+  Off a TPU VM, jax sets TPU_SKIP_MDS_QUERY and libtpu, finding no worker hostnames nor
+  accelerator type, prints "Failed to find host bounds ..." and an E0000 INVALID_ARGUMENT
+  about TPU_WORKER_HOSTNAMES (harmless for a compile-only topology, alarming for a user).
+  One local worker and the slice's own type silence both (libtpu's log-level variables
+  do not: they apply after that code runs); the topology's devices are unchanged. Later,
+  a 3B compile trips libtpu's "Very slow compile?" alarm (an E-level log line): stderr
+  logging is raised to FATAL, since the compiler's real errors (out of HBM) reach Python
+  as exceptions. Values already in the environment win (TPU_STDERR_LOG_LEVEL=0 shows
+  everything). Must run before libtpu loads.
+  """
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", accelerator_type(topo))
+  os.environ.setdefault("TPU_STDERR_LOG_LEVEL", "3")
+
+
 def topology_devices(topo: tpu_chips.Topology) -> list:
   """libtpu's abstract devices of the slice (one per chip: megacore on v4/v5p)."""
   kwargs = {"chip_config_name": "megacore"} if topo.chip.cores_per_chip == 2 else {}
   # No TPU is opened here: let several plans (or a plan beside a TPU job) load libtpu.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  quiet_libtpu(topo)
   try:
     desc = topologies.get_topology_desc(platform="tpu", topology_name=topo.topology,
                                         **kwargs)
@@ -377,6 +405,22 @@ def _suggestion(config, mesh_shape, per_chip_batch, largest_batch, args, temps,
   return "; ".join(tips) or "a larger topology"
 
 
+def topology_mesh(mesh_config: Mapping[str, Any], topo: tpu_chips.Topology):
+  """The training mesh on the slice's chips, or a one-line error when jax cannot lay the
+  axes onto the physical torus (each axis must be made of whole physical dimensions:
+  on v5p:4x4x4, fsdp=16 is one 4x4 plane, fsdp=32 would split one)."""
+  devices = topology_devices(topo)
+  try:
+    return mesh_lib.mesh_from_config(mesh_config, devices=devices)
+  except VlaxError:
+    raise  # a bad size (-1 twice, not dividing the chips) says so itself
+  except (NotImplementedError, ValueError, AssertionError) as e:
+    shape = {k: mesh_config.get(k) for k in mesh_lib.AXES}
+    raise VlaxError(f"mesh {shape} cannot be laid out on {topo.topology}'s chips "
+                    f"(jax.make_mesh: {str(e).splitlines()[0][:160]}); use axis sizes "
+                    "that are products of the topology's dimensions") from None
+
+
 _BUILT: dict[tuple[str, str], tuple] = {}  # one compile per (config, topology) per process
 
 
@@ -385,8 +429,7 @@ def _build(config: Any, topo: tpu_chips.Topology) -> tuple:
   key = (config_lib.config_to_dict(config).__repr__(), topo.topology)
   if key in _BUILT:
     return _BUILT[key]
-  devices = topology_devices(topo)
-  mesh = mesh_lib.mesh_from_config(config.mesh, devices=devices)
+  mesh = topology_mesh(config.mesh, topo)
   batch_size = int(config.batch_size)
   mesh_lib.check_batch_size(batch_size, mesh, int(config.optimizer.grad_accum_steps))
   vocab, vocab_source = plan_vocab_size(config)
@@ -461,7 +504,8 @@ def plan(config: Any, topology: str, hbm_capacity_bytes: int | None = None
         "suggestion": _suggestion(config, mesh_shape, per_chip_batch, largest, args_b,
                                   temps, capacity),
         "compiler_message": oom["message"],
-        "step_time_estimate_s": None, "mfu_estimate": None,
+        "step_time_estimate_s": None, "step_time_no_overlap_s": None,
+        "ici_traffic_bytes_per_chip": None, "mfu_estimate": None,
         "examples_per_s_estimate": None,
     })
     return out
@@ -496,6 +540,9 @@ def plan(config: Any, topology: str, hbm_capacity_bytes: int | None = None
   bounds = {"compute": compute_s, "hbm": hbm_s, "ici": ici_s}
   bound = max(bounds, key=bounds.get)
   step_s = bounds[bound]
+  # The other end: collectives not overlapped with compute at all. With perfect overlap a
+  # compute-bound step hides any mesh's collectives, so this is what tells meshes apart.
+  serial_s = max(compute_s, hbm_s) + ici_s
   out.update({
       "hbm_per_chip_bytes": {"arguments": args_b, "outputs": outs_b, "aliased": alias_b,
                              "temps": temps, "code": code, "total": total},
@@ -514,6 +561,8 @@ def plan(config: Any, topology: str, hbm_capacity_bytes: int | None = None
                       for k, v in coll.items()},
       "step_time_bounds_s": {k: round(v, 6) for k, v in bounds.items()},
       "step_time_estimate_s": round(step_s, 6),
+      "step_time_no_overlap_s": round(serial_s, 6),
+      "ici_traffic_bytes_per_chip": int(ici_bytes),
       "bound": bound,
       "mfu_estimate": round(model_flops / (step_s * peak), 4) if step_s > 0 else None,
       "examples_per_s_estimate": round(batch_size / step_s, 1) if step_s > 0 else None,
@@ -552,15 +601,65 @@ def _largest_batch(per_chip_batch: float, fixed: float, temps: float,
   return int(max(capacity - fixed, 0) // per_example)
 
 
-def main_plan(config_path: str | None, topology: str, overrides, out: str | None) -> dict:
-  """`vlax plan`: prints the plan as JSON (and writes it to `out`)."""
-  tpu_chips.resolve(topology)  # a bad name fails before anything heavy
-  config = load_config(config_path, overrides)
-  result = plan(config, topology)
-  text = json.dumps(result, indent=2)
+def _size(x: float) -> str:
+  """Bytes in the largest binary unit that keeps the number >= 1 (`13.1 GiB`)."""
+  for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if abs(x) >= scale:
+      return f"{x / scale:.3g} {unit}"
+  return f"{int(x)} B"
+
+
+def summary(result: Mapping[str, Any]) -> str:
+  """A few lines for a person: fits, HBM per chip, step time, MFU, biggest buffers."""
+  m = result["mesh"]
+  hbm = result["hbm_per_chip_bytes"]
+  lines = [f"vlax plan: {result['accelerator']} ({result['topology']}, {result['chips']} "
+           f"chips), mesh data={m['data']} fsdp={m['fsdp']} tensor={m['tensor']}, "
+           f"global batch {result['global_batch']} ({result['per_chip_batch']:g} per chip)"]
+  fits = "yes" if result["fits"] else "NO"
+  lines.append(f"  fits: {fits}, {_size(hbm['total'])} of {_size(result['hbm_capacity_bytes'])}"
+               f" HBM per chip (arguments {_size(hbm['arguments'])}, temporaries "
+               f"{_size(hbm['temps'])})")
+  step = result.get("step_time_estimate_s")
+  if step:
+    b = result["step_time_bounds_s"]
+    lines.append(
+        f"  step time >= {step:.3g} s ({result['bound']}-bound: compute {b['compute']:.3g}, "
+        f"hbm {b['hbm']:.3g}, ici {b['ici']:.3g}; {result['step_time_no_overlap_s']:.3g} s "
+        f"without overlap), MFU <= {result['mfu_estimate']}, "
+        f"{result['examples_per_s_estimate']:g} examples/s")
+    c = result["collectives"]
+    lines.append("  collectives per step: " + ", ".join(
+        f"{c[k]['count']} {k}" for k in ("all-gather", "reduce-scatter", "all-reduce"))
+                 + f"; ICI traffic {result['ici_traffic_bytes_per_chip'] / 1e9:.3g} GB "
+                 "per chip")
+  biggest = sorted(result.get("largest_buffers") or [], key=lambda r: -r["bytes"])[:3]
+  if biggest:
+    lines.append("  biggest buffers: " + "; ".join(
+        f"{r['name'][-60:]} {_size(r['bytes'])}" for r in biggest))
+  if result.get("suggestion"):
+    lines.append(f"  to fit: {result['suggestion']}")
+  lines.append(f"  compiled in {result['compile_s']} s; estimates are roofline bounds "
+               "(see the JSON's assumed_chip)")
+  return "\n".join(lines)
+
+
+def emit(result: Mapping[str, Any], out: str | None, text: str) -> None:
+  """JSON on stdout (and to `out`), the human text after it on stderr."""
+  doc = json.dumps(result, indent=2)
   if out:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
-      f.write(text + "\n")
-  print(text)
+      f.write(doc + "\n")
+  print(doc, flush=True)
+  print(text, file=sys.stderr, flush=True)
+
+
+def main_plan(config_path: str | None, topology: str, overrides, out: str | None) -> dict:
+  """`vlax plan`: prints the plan as JSON on stdout (and writes it to `out`), and a
+  summary for a person on stderr."""
+  tpu_chips.resolve(topology)  # a bad name fails before anything heavy
+  config = load_config(config_path, overrides)
+  result = plan(config, topology)
+  emit(result, out, summary(result))
   return result
