@@ -111,7 +111,8 @@ def test_a_lost_process_stops_the_survivor_with_one_line(tmp_path):
   naming process 1 and the checkpoint a restart resumes from, within the heartbeat
   timeout (a few seconds here, config distributed.heartbeat_timeout_s)."""
   from vlax.training import distributed  # pylint: disable=g-import-not-at-top
-  heartbeat, port, procs = 4, free_port(), []
+  # 15 s: under a loaded CI (two xdist workers) 4 s lost heartbeats during the first compile
+  heartbeat, port, procs = 15, free_port(), []
   for i in range(2):
     cmd = [sys.executable, WORKER, "--workdir", str(tmp_path), "--num_processes", "2",
            "--process_id", str(i), "--port", str(port), "--devices", "2",
