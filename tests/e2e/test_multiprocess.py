@@ -111,8 +111,9 @@ def test_a_lost_process_stops_the_survivor_with_one_line(tmp_path):
   naming process 1 and the checkpoint a restart resumes from, within the heartbeat
   timeout (a few seconds here, config distributed.heartbeat_timeout_s)."""
   from vlax.training import distributed  # pylint: disable=g-import-not-at-top
-  # 15 s: under a loaded CI (two xdist workers) 4 s lost heartbeats during the first compile
-  heartbeat, port, procs = 15, free_port(), []
+  # 30 s: on a loaded 2-core CI (two xdist workers) a 4 s and a 15 s heartbeat (a 7.5 s
+  # watchdog) each once took a live process for lost during the first steps
+  heartbeat, port, procs = 30, free_port(), []
   for i in range(2):
     cmd = [sys.executable, WORKER, "--workdir", str(tmp_path), "--num_processes", "2",
            "--process_id", str(i), "--port", str(port), "--devices", "2",

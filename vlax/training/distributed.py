@@ -161,6 +161,8 @@ class _Watchdog(threading.Thread):
   (at the full timeout) would abort the process with pages of errors. A process that
   stops watching writes 'done' (a clean end, never a loss)."""
 
+  MIN_STALE_POLLS = 3
+
   def __init__(self, client, pid: int, nproc: int, timeout_s: float):
     super().__init__(name="vlax-peer-watchdog", daemon=True)
     self.client, self.pid, self.nproc = client, pid, nproc
@@ -168,11 +170,11 @@ class _Watchdog(threading.Thread):
     self.interval = min(max(timeout_s / 10, 0.1), 5.0)
     self.stop = threading.Event()
     self.watching = self.done = False
-    self.seen: dict[int, tuple[str | None, float]] = {}
+    self.seen: dict[int, tuple[str | None, float, int]] = {}
 
   def arm(self, on: bool) -> None:
     now = time.monotonic()
-    self.seen = {q: (None, now) for q in range(self.nproc) if q != self.pid}
+    self.seen = {q: (None, now, 0) for q in range(self.nproc) if q != self.pid}
     self.watching, self.done = on, not on
     if not on:
       self._set("done")
@@ -201,7 +203,7 @@ class _Watchdog(threading.Thread):
       if not self.watching:
         continue
       stale = []
-      for q, (value, since) in list(self.seen.items()):
+      for q, (value, since, polls) in list(self.seen.items()):
         try:
           v = self.client.key_value_try_get(f"vlax/alive/{q}")
         except Exception:  # pylint: disable=broad-except  (not written yet)
@@ -209,8 +211,12 @@ class _Watchdog(threading.Thread):
         if v == "done":
           continue
         if v != value:
-          self.seen[q] = (v, now)
-        elif now - since > self.limit:
+          self.seen[q] = (v, now, 0)
+          continue
+        self.seen[q] = (value, since, polls + 1)
+        # Stale for `limit` seconds *and* over several of our own polls: a stall of this
+        # process (a loaded host) must not read as a peer's death.
+        if now - since > self.limit and polls + 1 >= self.MIN_STALE_POLLS:
           stale.append(q)
       if stale:
         _lost(stale, f"no sign of life for {self.limit:.0f} s")
