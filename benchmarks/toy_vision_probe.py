@@ -32,7 +32,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vlax.data.toy_env import ToyReachEnv  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vlax.envs.toy_env import ToyReachEnv  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vlax.models.config import VLAConfig  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vlax.models.presets import get_preset  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vlax.models.vla import VLA  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -2,7 +2,7 @@
 
   python data_pipelines/make_toy_robot_data.py --data_dir /tmp/vlax_toy
 
-Two embodiments of `vlax.data.toy_env.ToyReachEnv` ("move to the red block"): a planar
+Two embodiments of `vlax.envs.toy_env.ToyReachEnv` ("move to the red block"): a planar
 3-D action with one camera, and a 4-D action with primary + wrist cameras. Deterministic
 in --seed; about a second per 100 episodes of 64x64 images.
 """

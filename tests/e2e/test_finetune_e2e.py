@@ -53,7 +53,7 @@ def _train(argv):
 def run_workflow(root: str, seed: int = 0) -> dict:
   """Runs the whole recipe under `root`; returns the measured numbers."""
   from vlax import cli  # pylint: disable=g-import-not-at-top
-  from vlax.data.toy_env import scene_kwargs  # pylint: disable=g-import-not-at-top
+  from vlax.envs.toy_env import scene_kwargs  # pylint: disable=g-import-not-at-top
   from vlax.evaluation.rollout import rollout  # pylint: disable=g-import-not-at-top
   from vlax.evaluation.run import evaluate_offline  # pylint: disable=g-import-not-at-top
   from vlax.inference.policy import Policy  # pylint: disable=g-import-not-at-top
@@ -122,7 +122,7 @@ def test_finetune_changes_action_dim_chunk_and_cameras(tmp_path):
   2 and the primary camera only; the fine-tuned Policy emits c's chunks."""
   from vlax import cli  # pylint: disable=g-import-not-at-top
   from vlax.inference.policy import Policy  # pylint: disable=g-import-not-at-top
-  from vlax.data.toy_env import ToyReachEnv  # pylint: disable=g-import-not-at-top
+  from vlax.envs.toy_env import ToyReachEnv  # pylint: disable=g-import-not-at-top
   tiny = ["--config.model.preset=tiny", "--config.data.image_size=32",
           "--config.data.toy_episodes=6", "--config.batch_size=8", "--config.num_steps=2",
           "--config.data.shuffle_buffer=16", *QUIET]

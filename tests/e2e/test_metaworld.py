@@ -46,7 +46,7 @@ def _vlax(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def test_task_names_and_datasets():
-  from vlax.data import metaworld_env
+  from vlax.envs import metaworld_env
   from vlax.data.oxe import get_mixture, get_spec, metaworld
   assert metaworld_env.resolve_tasks("mt10") == list(metaworld.MT10)
   assert len(metaworld_env.resolve_tasks("mt50")) == 50
@@ -69,7 +69,7 @@ def test_task_names_and_datasets():
 
 
 def test_unknown_task_lists_valid_names():
-  from vlax.data import metaworld_env
+  from vlax.envs import metaworld_env
   with pytest.raises(VlaxError, match=r"unknown Meta-World task 'drawer-opne'.*"
                                       r"drawer-open-v3.*window-close-v3"):
     metaworld_env.resolve_tasks("reach,drawer-opne")
@@ -82,7 +82,7 @@ def test_missing_extra_says_how_to_install():
   out = _python("""
       import sys
       sys.modules["metaworld"] = None  # as if not installed
-      from vlax.data.metaworld_env import MetaWorldEnv
+      from vlax.envs.metaworld_env import MetaWorldEnv
       try:
         MetaWorldEnv("reach")
       except Exception as e:
@@ -93,7 +93,7 @@ def test_missing_extra_says_how_to_install():
 
 def test_bad_gl_backend_names_mujoco_gl():
   out = _python("""
-      from vlax.data.metaworld_env import MetaWorldEnv
+      from vlax.envs.metaworld_env import MetaWorldEnv
       try:
         MetaWorldEnv("reach").render()
       except Exception as e:
@@ -109,7 +109,7 @@ def test_env_seeding_and_cameras():
   out = _python("""
       import json
       import numpy as np
-      from vlax.data.metaworld_env import MetaWorldEnv, rollout_expert
+      from vlax.envs.metaworld_env import MetaWorldEnv, rollout_expert
       env = MetaWorldEnv("push", image_size=32)
       a = env.reset(5); a2 = env.reset(5); b = env.reset(6)
       same = all(np.array_equal(a[k], a2[k]) for k in ("image_primary", "image_wrist",

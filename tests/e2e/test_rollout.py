@@ -8,7 +8,7 @@ import pytest
 
 from vlax.data.oxe.toy import TOY_DATASETS
 from vlax.errors import VlaxError
-from vlax.data.toy_env import COLORS
+from vlax.envs.toy_env import COLORS
 from vlax.evaluation.rollout import evaluate_rollout, rollout
 
 

@@ -6,7 +6,8 @@ Layers, lowest first (a module may import its own layer's package and any lower 
 
   0  vlax (the lazy root package), vlax.errors, vlax.utils, vlax.config (import each other)
   1  vlax.models, vlax.actions                (these two do not import each other)
-  2  vlax.checkpoints                         (weights on disk <-> params of a model config)
+  2  vlax.checkpoints | vlax.envs             (weights on disk <-> params of a model config;
+                                              simulators and scripted experts)
   3  vlax.data
   4  vlax.training | vlax.inference | vlax.evaluation   (siblings: see SIDEWAYS)
   5  vlax.cli
@@ -37,11 +38,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[2] / "vlax"
 LAYERS = (
     ("vlax", "vlax.errors", "vlax.utils", "vlax.config"),
     ("vlax.models", "vlax.actions"),
-    ("vlax.checkpoints",),
+    ("vlax.checkpoints", "vlax.envs"),
     ("vlax.data",),
     ("vlax.training", "vlax.inference", "vlax.evaluation"),
     ("vlax.cli",),
 )
+
+# vlax.envs sits at layer 2 so that data and evaluation may import it, but of vlax it may
+# import only these (an env needs no model, checkpoint or config).
+ENVS = "vlax.envs"
+ENVS_MAY_IMPORT = ("vlax.envs", "vlax.errors", "vlax.utils")
+# MuJoCo's EGL rendering crashes in a process that has imported TensorFlow: the Meta-World
+# env, its expert worker and the closed-loop evals never import it, not even lazily.
+TF_PACKAGES = ("tensorflow", "tensorflow_datasets")
 
 # Allowed imports between packages of the same layer: (importer, imported) -> why.
 SIDEWAYS = {
@@ -269,6 +278,30 @@ def test_lower_layers_never_import_higher_ones():
   assert not bad, "imports against the layer order:\n" + "\n".join(bad)
 
 
+def test_envs_import_only_errors_and_utils():
+  bad = [f"{MODULES[m].relative_to(ROOT.parent)}:{line}: {m} imports {name}"
+         for m, imports in IMPORTS.items() if m == ENVS or m.startswith(ENVS + ".")
+         for name, _, line in imports
+         if name.split(".")[0] == "vlax" and not any(
+             name == p or name.startswith(p + ".") for p in ENVS_MAY_IMPORT)]
+  assert not bad, (f"{ENVS} may import only {', '.join(ENVS_MAY_IMPORT)} of vlax:\n"
+                   + "\n".join(bad))
+
+
+def test_envs_never_import_tensorflow():
+  """Not at module level (also through other modules), nor inside a function."""
+  envs = [m for m in MODULES if m == ENVS or m.startswith(ENVS + ".")]
+  assert "vlax.envs.metaworld_experts" in envs
+  heavy = _heavy_loaded()
+  bad = [f"{m} loads {sorted(heavy[m] & set(TF_PACKAGES))}" for m in envs
+         if heavy[m] & set(TF_PACKAGES)]
+  bad += [f"{MODULES[m].relative_to(ROOT.parent)}:{line}: {m} imports {name}"
+          for m in envs for name, _, line in IMPORTS[m]
+          if name.split(".")[0] in TF_PACKAGES]
+  assert not bad, "TensorFlow in vlax.envs (MuJoCo's EGL crashes next to it):\n" + \
+      "\n".join(bad)
+
+
 def test_no_import_cycles():
   cycles = [c for c in _cycles(_graph()) if tuple(c) not in KNOWN_CYCLES]
   assert not cycles, "import cycles (module-level and function-level imports): " + \
@@ -290,8 +323,11 @@ def test_known_violations_are_still_there():
   assert not stale, f"fixed: remove from KNOWN_VIOLATIONS: {stale}"
 
 
+# vlax.data.metaworld_demos: the Meta-World expert worker's spawned child re-imports the
+# demo script, which imports it.
 @pytest.mark.parametrize("module", ["vlax.inference.policy", "vlax.data.sequence",
-                                    "vlax.checkpoints.weights", "vlax.cli"])
+                                    "vlax.checkpoints.weights", "vlax.cli",
+                                    "vlax.data.metaworld_demos"])
 def test_light_modules_do_not_load_tensorflow(module):
   assert "tensorflow" not in _heavy_loaded()[module]
 

@@ -10,7 +10,7 @@ import pytest
 
 from vlax.data import rlds
 from vlax.data.oxe import registry, toy
-from vlax.data.toy_env import COLORS, ToyReachEnv, rollout_oracle
+from vlax.envs.toy_env import COLORS, ToyReachEnv, rollout_oracle
 
 
 @pytest.mark.parametrize("emb,adim,pdim,cams", [("a", 3, 2, ("primary",)),

@@ -12,9 +12,8 @@ Modules (one concept each):
   seeds          stream/element seeds folded mod 2**63 (no overflow at any step or seed)
   robot          make_robot_dataset: the whole robot pipeline from a config
   inspect        library side of `vlax inspect-data` and `vlax stats`
-  toy_env        ToyReachEnv, the environment behind the toy datasets
-  metaworld_env  MetaWorldEnv: Meta-World tasks behind the toy env's interface ([sim])
-  metaworld_demos  Meta-World expert demos -> RLDS (the simulator in a child process)
+  metaworld_demos  Meta-World expert demos -> RLDS (the experts of vlax.envs)
+The environments behind the toy datasets and the demos are in `vlax.envs`.
 
 Importing `vlax.data` does not import TensorFlow; the attributes below load lazily.
 """
@@ -32,7 +31,6 @@ _LAZY = {
     "unnormalize": ("vlax.data.normalization", "unnormalize"),
     "read_trajectories": ("vlax.data.rlds", "read_trajectories"),
     "write_toy_robot_data": ("vlax.data.oxe.toy", "write_toy_robot_data"),
-    "ToyReachEnv": ("vlax.data.toy_env", "ToyReachEnv"),
     "AugmentConfig": ("vlax.data.images", "AugmentConfig"),
 }
 

@@ -40,7 +40,7 @@ from vlax.actions import (ActionTokenizer, ActionVocab, default_action_vocab,
 from vlax.checkpoints import format as ckpt_format
 from vlax.data import seeds as seeds_lib
 from vlax.data import statistics as stats_lib
-from vlax.data import toy_env
+from vlax.envs import toy_env
 from vlax.data import web as web_lib
 from vlax.data.oxe import mixtures
 from vlax.data.oxe import toy

@@ -1,23 +1,21 @@
 """Meta-World scripted-expert demos -> one RLDS dataset per task (`metaworld_<task>`).
 
 The writer behind `data_pipelines/make_metaworld_demos.py` (needs the `[sim]` extra).
-MuJoCo's EGL rendering crashes in a process that has imported TensorFlow, and the TFDS
-writer needs TensorFlow, so the simulator runs in a spawned child process
-(`_expert_worker`) that sends finished episodes to this one. This module must therefore
-stay importable without TensorFlow: the child imports it to find its target.
-Names and schemas of the datasets are in `vlax.data.oxe.metaworld`.
+The simulator runs in a child process (`vlax.envs.metaworld_experts`: MuJoCo's EGL
+rendering crashes next to TensorFlow); this module turns its numpy episodes into RLDS
+steps and writes them with TFDS. The spawned child re-imports the parent's main script
+(and so this module), so TensorFlow is imported here only inside functions. Names and
+schemas of the datasets are in `vlax.data.oxe.metaworld`.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from vlax.data import metaworld_env
 from vlax.data.oxe import metaworld as mw_names
-from vlax.errors import VlaxError
+from vlax.envs import metaworld_env, metaworld_experts
 
 
 def features(image_size: int):
@@ -34,83 +32,33 @@ def features(image_size: int):
                                 "seed": tfds.features.Scalar(dtype=np.int64)})
 
 
-def _expert_worker(task: str, num_episodes: int, image_size: int, seed: int,
-                   max_steps: int | None, queue) -> None:
-  """Child process: runs the expert and puts ("episode", ep) / ("stats", d) / ("error",
-  msg) on `queue`."""
-  stats = {"attempts": 0, "failed": 0, "steps": 0}
-  try:
-    env = metaworld_env.MetaWorldEnv(task, image_size=image_size,
-                                     max_steps=max_steps or metaworld_env.DEFAULT_MAX_STEPS)
-    written, i = 0, 0
-    while written < num_episodes:
-      if i >= 3 * num_episodes + 10:
-        raise VlaxError(f"{task}: the expert failed {stats['failed']} of {i} episodes")
-      s = metaworld_env.train_seed(seed, i)
-      steps, ok = metaworld_env.rollout_expert(env, s)
-      i += 1
-      stats["attempts"] = i
-      if not ok:
-        stats["failed"] += 1
-        continue
-      out = []
-      for t, st in enumerate(steps):
-        o = st["observation"]
-        last = t == len(steps) - 1
-        out.append({"observation": {"image": o["image_primary"],
-                                    "wrist_image": o["image_wrist"], "state": o["proprio"],
-                                    "full_state": st["full_state"]},
-                    "action": st["action"], "language_instruction": o["instruction"],
-                    "reward": float(last), "discount": 1.0, "is_first": t == 0,
-                    "is_last": last, "is_terminal": last})
-      stats["steps"] += len(out)
-      queue.put(("episode", {"steps": out,
-                             "episode_metadata": {"episode_id": written, "seed": s}}))
-      written += 1
-    env.close()
-    queue.put(("stats", stats))
-  except VlaxError as e:
-    queue.put(("error", str(e)))
-  except Exception as e:  # noqa: BLE001 - report anything to the parent, one line
-    queue.put(("error", f"{task}: {type(e).__name__}: {e}"))
+def _rlds_episode(episode_id: int, episode: dict[str, Any]) -> dict[str, Any]:
+  """An expert episode ({seed, steps}) in the dataset's RLDS layout (reward 1 at the
+  last, successful step)."""
+  steps = episode["steps"]
+  out = []
+  for t, st in enumerate(steps):
+    o = st["observation"]
+    last = t == len(steps) - 1
+    out.append({"observation": {"image": o["image_primary"],
+                                "wrist_image": o["image_wrist"], "state": o["proprio"],
+                                "full_state": st["full_state"]},
+                "action": st["action"], "language_instruction": o["instruction"],
+                "reward": float(last), "discount": 1.0, "is_first": t == 0,
+                "is_last": last, "is_terminal": last})
+  return {"steps": out, "episode_metadata": {"episode_id": episode_id,
+                                             "seed": episode["seed"]}}
 
 
 def expert_episodes(task: str, num_episodes: int, *, image_size: int = 64, seed: int = 0,
                     max_steps: int | None = None,
                     stats: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-  """Yields `num_episodes` successful RLDS episodes of the scripted expert.
-
-  Layout seeds are `metaworld_env.train_seed(seed, i)` for i = 0, 1, ...; failed episodes
-  are dropped (counted in `stats["failed"]`) and the next seed is tried, up to
-  3 x num_episodes + 10 attempts. The simulator runs in a spawned child process.
-  """
-  ctx = multiprocessing.get_context("spawn")
-  queue = ctx.Queue(maxsize=8)
-  proc = ctx.Process(target=_expert_worker, daemon=True,
-                     args=(task, int(num_episodes), int(image_size), int(seed), max_steps,
-                           queue))
-  proc.start()
-  try:
-    while True:
-      try:
-        kind, value = queue.get(timeout=5)
-      except Exception as e:  # noqa: BLE001 - queue.Empty: still working, or dead
-        if proc.is_alive():
-          continue
-        raise VlaxError(f"{task}: the Meta-World worker died (exit code "
-                        f"{proc.exitcode})") from e
-      if kind == "episode":
-        yield value
-      elif kind == "stats":
-        if stats is not None:
-          stats.update(value)
-        return
-      else:
-        raise VlaxError(value)
-  finally:
-    proc.join(timeout=30)
-    if proc.is_alive():
-      proc.terminate()
+  """Yields `num_episodes` successful RLDS episodes of the scripted expert (see
+  `vlax.envs.metaworld_experts.expert_episodes` for seeds and retries)."""
+  episodes = metaworld_experts.expert_episodes(task, num_episodes, image_size=image_size,
+                                               seed=seed, max_steps=max_steps, stats=stats)
+  for i, episode in enumerate(episodes):
+    yield _rlds_episode(i, episode)
 
 
 def write_demos(data_dir: str, tasks: str | Sequence[str], *, num_episodes: int,

@@ -1,9 +1,10 @@
 """Meta-World tasks behind the toy env's interface (`pip install -e '.[sim]'`).
 
-`MetaWorldEnv(task)` has the methods `vlax.evaluation.rollout` and the demo writer use on
-`ToyReachEnv`: reset(seed) -> observation, step(action) -> (observation, reward, done,
-info with "success"), oracle_action() (the scripted expert), and observations
-{"image_primary", "image_wrist", "proprio", "instruction"}.
+`MetaWorldEnv(task)` has the methods `vlax.evaluation.rollout` and the expert worker
+(`vlax.envs.metaworld_experts`) use on `ToyReachEnv`: reset(seed) -> observation,
+step(action) -> (observation, reward, done, info with "success"), oracle_action() (the
+scripted expert), and observations {"image_primary", "image_wrist", "proprio",
+"instruction"}.
 
 What it settles that raw Meta-World leaves open:
   * layouts: `reset(seed)` seeds Meta-World's own generator (the gymnasium `seed=`
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from vlax.data.oxe import metaworld as mw_names
+from vlax.envs import metaworld_tasks as mw_tasks
 from vlax.errors import VlaxError
 
 INSTALL_HINT = "pip install -e '.[sim]' (or: pip install metaworld packaging)"
@@ -58,12 +59,12 @@ def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     if not item:
       continue
     if item.lower() in ("mt10", "mt50"):
-      out.extend(mw_names.MT10 if item.lower() == "mt10" else mw_names.MT50)
+      out.extend(mw_tasks.MT10 if item.lower() == "mt10" else mw_tasks.MT50)
       continue
-    name = mw_names.task_name(item)
-    if name not in mw_names.MT50:
+    name = mw_tasks.task_name(item)
+    if name not in mw_tasks.MT50:
       raise VlaxError(f"unknown Meta-World task {item!r}; valid: mt10, mt50, "
-                      f"{', '.join(sorted(mw_names.MT50))}")
+                      f"{', '.join(sorted(mw_tasks.MT50))}")
     out.append(name)
   if not out:
     raise VlaxError(f"no Meta-World task in {spec!r}; use mt10, mt50 or task names")
@@ -100,7 +101,7 @@ def _gl_error(e: Exception) -> VlaxError:
 class MetaWorldEnv:
   """reset(seed) -> observation; step(action) -> (observation, reward, done, info)."""
 
-  action_dim = mw_names.ACTION_DIM
+  action_dim = mw_tasks.ACTION_DIM
   cameras = ("primary", "wrist")
   has_gripper = True
   max_step_size = 1.0  # actions are clipped to [-1, 1]
@@ -118,10 +119,10 @@ class MetaWorldEnv:
     self.image_size = int(image_size)
     self.max_steps = int(max_steps)
     self.full_state = bool(full_state)
-    self.proprio_dim = mw_names.FULL_STATE_DIM if full_state else mw_names.PROPRIO_DIM
+    self.proprio_dim = mw_tasks.FULL_STATE_DIM if full_state else mw_tasks.PROPRIO_DIM
     self.render_images = bool(render_images)
-    self.instruction = mw_names.instruction(self.task)
-    self.dataset = mw_names.dataset_name(self.task)
+    self.instruction = mw_tasks.instruction(self.task)
+    self.dataset = mw_tasks.dataset_name(self.task)
     env = envs[self.task]()
     env._freeze_rand_vec = False  # pylint: disable=protected-access
     env.seeded_rand_vec = True  # layouts from env.np_random (seeded in reset)
@@ -183,7 +184,7 @@ class MetaWorldEnv:
   # ------------------------------------------------------------------ observation
 
   def proprio(self) -> np.ndarray:
-    s = self._state if self.full_state else self._state[:mw_names.PROPRIO_DIM]
+    s = self._state if self.full_state else self._state[:mw_tasks.PROPRIO_DIM]
     return np.asarray(s, np.float32).copy()
 
   def full_state_vector(self) -> np.ndarray:

@@ -28,8 +28,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from vlax.data import metaworld_env  # imports Meta-World and MuJoCo only when an env is made
-from vlax.data.oxe import metaworld as mw_names
+from vlax.envs import metaworld_env  # imports Meta-World and MuJoCo only when an env is made
+from vlax.envs import metaworld_tasks as mw_names
 from vlax.errors import VlaxError
 from vlax.evaluation.rollout import _chunk_fn
 from vlax.inference.policy import Policy

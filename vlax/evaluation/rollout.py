@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from vlax.data.oxe.toy import TOY_DATASETS
-from vlax.data.toy_env import EMBODIMENTS, ToyReachEnv, scene_kwargs
+from vlax.envs.toy_env import EMBODIMENTS, ToyReachEnv, scene_kwargs
 from vlax.errors import VlaxError
 from vlax.inference.policy import Policy
 

@@ -1,7 +1,7 @@
 """Registry entries and writer of the built-in toy datasets `toy_reach_a/b/c`.
 
 The debug config trains on a + b (two embodiments with different action spaces and
-cameras, see `vlax.data.toy_env`); c (2-D action, no gripper) is the "new robot" that
+cameras, see `vlax.envs.toy_env`); c (2-D action, no gripper) is the "new robot" that
 experiments/finetune_new_robot.py adapts a pretrained checkpoint to (mixture
 `toy_new_robot`). `write_toy_robot_data(data_dir)` generates them as real
 RLDS/TFDS datasets in a few seconds; `data_pipelines/make_toy_robot_data.py` is its CLI.
@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vlax.data import toy_env
-from vlax.data.toy_env import EMBODIMENTS, ToyReachEnv, rollout_oracle
+from vlax.envs import toy_env
+from vlax.envs.toy_env import EMBODIMENTS, ToyReachEnv, rollout_oracle
 from vlax.data.oxe.registry import ActionEncoding, DatasetSpec, register, _REGISTRY
 
 VERSION = "1.0.0"
