@@ -347,6 +347,17 @@ def default_data_config():
   c.history = 1
   c.shuffle_buffer = 2000
   c.augment = True
+  # Recipe switches (README "Meta-World"); each default is off and keeps the stream as
+  # it was. random_shift: DrQ shift, edge-pad every camera by N px and random-crop back,
+  # one shift per camera per example (the same on every history step), training only.
+  c.random_shift = 0
+  # proprio_dropout: training only, per example, with this probability the prompt is the
+  # one of proprio_bins=0 (no "State: ..."), so the policy cannot lean on proprio alone.
+  c.proprio_dropout = 0.0
+  # proprio_source: what is binned into the prompt: "proprio" (the dataset's own) or
+  # "full_state" (its simulator state, e.g. Meta-World's 39-D observation: the state
+  # oracle); the Policy and `vlax eval --env metaworld` feed the same source.
+  c.proprio_source = "proprio"
   # "toy", a SentencePiece .model path (Gemma's tokenizer.model), or "init_from" (the
   # one config.init_from's checkpoint carries, e.g. an `vlax import-openpi` checkpoint)
   c.text_tokenizer = "toy"
@@ -370,6 +381,11 @@ def default_data_config():
   c.max_text_chars = 2000
   c.web_shuffle_buffer = 1000
   return c
+
+
+# Keys added after input states were first saved: left out of a state's fingerprint at
+# their default, so a run saved before they existed still resumes.
+_RECIPE_DEFAULTS = {"random_shift": 0, "proprio_dropout": 0.0, "proprio_source": "proprio"}
 
 
 def resolve_data_config(config: Any):
@@ -463,6 +479,7 @@ def robot_frames(d: Any, robot: RobotData, *, seed: int, process_index: int,
       history=int(d.history), train=train, seed=seed,
       shuffle_buffer=int(d.shuffle_buffer) if shuffle_buffer is None else shuffle_buffer,
       augment=(bool(d.augment) and train) if augment is None else augment,
+      random_shift=int(d.random_shift), proprio_dropout=float(d.proprio_dropout),
       process_index=process_index, process_count=process_count, progress=False)
   return frames
 
@@ -579,7 +596,8 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
   # what is read and how may not).
   fingerprint = {"seed": seed, "train": bool(train),
                  "data": {k: v for k, v in d.to_dict().items()
-                          if k not in ("data_dir", "stats_cache_dir")}}
+                          if k not in ("data_dir", "stats_cache_dir")
+                          and not (k in _RECIPE_DEFAULTS and v == _RECIPE_DEFAULTS[k])}}
 
   def batches(step: int) -> CotrainIterator:
     """This host's batches with every stream seeded for `step` (a resumed run's start

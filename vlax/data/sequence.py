@@ -13,7 +13,9 @@ Layout of one sequence (text positions; the image tokens come before them in the
   the example's own prompt for web data.
 - proprio (optional, `proprio_bins > 0`): the valid normalized proprio dims discretized
   into `proprio_bins` uniform bins over [-1, 1] and written as text ("State: 12 200 3;"),
-  as in pi0-FAST, so no extra embedding is needed.
+  as in pi0-FAST, so no extra embedding is needed. A frame whose
+  `observation/proprio_dropped` is True (proprio dropout, training only) gets the prompt
+  of `proprio_bins=0` instead.
 - action tokens: the chunk's real dims only (`action[:, :action_dim]`, K * action_dim
   scalars), encoded by the action tokenizer and mapped into the reserved vocabulary range
   (`ActionVocab`). Chunk steps past the episode end (action_pad_mask False):
@@ -372,14 +374,25 @@ class SequenceBuilder:
     images, image_mask = self._robot_images(frame)
     instruction = get_path(frame, "language_instruction")
     name = get_path(frame, "dataset_name") if _has(frame, "dataset_name") else tf.constant("")
+    def plain_prompt():
+      return tf.numpy_function(self.robot_prompt_ids, [instruction], tf.int32,
+                               stateful=False)
+
     if self.config.proprio_bins:
-      prompt = tf.numpy_function(
-          self.robot_prompt_ids,
-          [instruction, tf.cast(get_path(frame, "observation/proprio"), tf.float32),
-           get_path(frame, "observation/proprio_pad_mask")], tf.int32, stateful=False)
+      def proprio_prompt():
+        return tf.numpy_function(
+            self.robot_prompt_ids,
+            [instruction, tf.cast(get_path(frame, "observation/proprio"), tf.float32),
+             get_path(frame, "observation/proprio_pad_mask")], tf.int32, stateful=False)
+      if _has(frame, "observation/proprio_dropped"):  # proprio dropout (train only)
+        # A dropped prompt is the proprio_bins=0 prompt, so a policy evaluated without
+        # proprio sees a prompt it was trained on.
+        prompt = tf.cond(tf.cast(get_path(frame, "observation/proprio_dropped"), tf.bool),
+                         plain_prompt, proprio_prompt)
+      else:
+        prompt = proprio_prompt()
     else:
-      prompt = tf.numpy_function(self.robot_prompt_ids, [instruction], tf.int32,
-                                 stateful=False)
+      prompt = plain_prompt()
     prompt = tf.ensure_shape(prompt, [None])
     action = tf.cast(get_path(frame, "action"), tf.float32)
     pad = tf.cast(get_path(frame, "action_pad_mask"), tf.bool)
