@@ -3,6 +3,9 @@ random shift, proprio dropout, proprio source, zero cameras, action label smooth
 
 import itertools
 
+import jax
+import jax.numpy as jnp
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -131,3 +134,94 @@ def test_config_checks(key, value):
   c[group][name] = value
   with pytest.raises(VlaxError, match=key.replace(".", r"\.")):
     config_checks.check_train_config(c)
+
+
+# --- loss.action_label_smoothing ------------------------------------------------------
+
+
+def test_label_smoothing_target_sums_to_one_peaks_at_label_stays_in_range():
+  from vlax.training import loss as loss_lib
+  rng = (100, 110)
+  targets = jnp.asarray([[104, 100, 109, 5]])
+  ids, w = loss_lib.smoothed_targets(targets, 1.0, rng)
+  w, ids = np.asarray(w), np.asarray(ids)
+  np.testing.assert_allclose(w[0, :3].sum(-1), 1.0, rtol=1e-6)
+  assert w[0, 3].sum() == 0  # not an action id: no soft target (never scored)
+  for j, t in enumerate([104, 100, 109]):
+    assert ids[0, j][np.argmax(w[0, j])] == t  # the peak is the label
+    assert ((ids[0, j] >= 100) & (ids[0, j] < 110)).all()
+  # Symmetric in the middle of the range, renormalized at its ends.
+  mid = {int(i): float(x) for i, x in zip(ids[0, 0], w[0, 0]) if x > 0}
+  assert mid[103] == pytest.approx(mid[105]) and mid[103] < mid[104]
+  assert w[0, 1].max() > w[0, 0].max()
+
+
+def test_label_smoothing_only_on_action_tokens_and_refused_for_fast():
+  from vlax.models.batch import Batch, ModelInputs
+  from vlax.training import loss as loss_lib
+  b, t, v = 2, 6, 32
+  logits = jax.random.normal(jax.random.key(0), (b, t, v))
+  tokens = jnp.asarray([[1, 2, 20, 21, 22, 3], [1, 2, 25, 26, 27, 3]])
+  loss_mask = jnp.asarray([[0, 0, 1, 1, 1, 1]] * 2, bool)
+  amask = jnp.asarray([[0, 0, 1, 1, 1, 0]] * 2, bool)
+  batch = Batch(inputs=ModelInputs(images=jnp.zeros((b, 0, 4, 4, 3)),
+                                   image_mask=jnp.zeros((b, 0), bool), tokens=tokens,
+                                   input_mask=jnp.ones((b, t), bool),
+                                   prefix_mask=~loss_mask),
+                loss_mask=loss_mask, action_token_mask=amask)
+  plain = loss_lib.loss_sums(logits, batch, 1)
+  smooth = loss_lib.loss_sums(logits, batch, 1, label_smoothing=1.0, action_range=(16, 32))
+  tiny = loss_lib.loss_sums(logits, batch, 1, label_smoothing=0.05, action_range=(16, 32))
+  assert float(smooth["loss_sum"]) != pytest.approx(float(plain["loss_sum"]))
+  assert float(tiny["loss_sum"]) == pytest.approx(float(plain["loss_sum"]), rel=1e-5)
+  assert float(smooth["action_correct"]) == float(plain["action_correct"])
+  # Only action positions change: the eos target (non-action) keeps its CE.
+  lg, tg, _, am = loss_lib.shifted_targets(logits, tokens, loss_mask, amask)
+  ce = loss_lib.token_cross_entropy(lg, tg)
+  soft = loss_lib.smoothed_cross_entropy(lg, tg, 1.0, (16, 32))
+  want = float(plain["loss_sum"]) + float(((soft - ce) * am).sum())
+  assert float(smooth["loss_sum"]) == pytest.approx(want, rel=1e-5)
+  vocab = {"start": 16, "size": 16}
+  assert loss_lib.smoothing_action_range({"type": "bins", "num_bins": 16,
+                                          "vocab": vocab}) == (16, 32)
+  assert loss_lib.smoothing_action_range({"type": "bins", "num_bins": 8,
+                                          "vocab": {**vocab, "reverse": True}}) == (24, 32)
+  with pytest.raises(VlaxError, match="FAST"):
+    loss_lib.smoothing_action_range({"type": "fast", "vocab": vocab})
+
+
+# --- data.cameras = () (a state-only policy) -----------------------------------------
+
+
+def test_zero_cameras_pipeline_train_step_and_policy():
+  from vlax.inference.policy import Policy
+  from vlax.models.batch import Batch
+  from vlax.training import mesh as mesh_lib
+  from vlax.training import trainer
+  import _train_utils as U
+  builder = _builder(cameras=(), proprio_bins=16, max_len=64, image_size=(32, 32))
+  frames, _, stats = S.synthetic_frames("arm7", 0, n=8)
+  for k in [k for k in frames["observation"] if k.startswith("image_")]:
+    del frames["observation"][k]
+  examples = list(numpy_iterator(builder.robot_dataset(
+      tf.data.Dataset.from_tensor_slices(frames))))
+  assert examples[0]["images"].shape == (0, 32, 32, 3)
+  batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+  meta = builder.metadata(dataset_names=["arm7"], chunk_len=S.K,
+                          statistics={"arm7": stats})
+  config = U.tiny_config(**{"loss.action_label_smoothing": 1.0})
+  model_config = trainer.build_model_config(config, meta)
+  mesh = mesh_lib.mesh_from_config(dict(config.mesh))
+  setup = trainer.ModelSetup(config, model_config, mesh, batch, 1,
+                             action_tokenizer=meta["action_tokenizer"])
+  state = setup.create_state(setup.init_params(0), 0)
+  state, metrics = setup.step(state, mesh_lib.global_batch(Batch.from_dict(batch), mesh))
+  assert np.isfinite(float(metrics["last"]["loss"]))
+  meta["model"] = model_config.to_dict()
+  policy = Policy.from_params(jax.tree.map(np.asarray, state.params), meta)
+  assert policy.cameras == ()
+  act = policy.predict_action({"proprio": np.zeros(7, np.float32)}, "pick up the block")
+  assert act.shape == (S.K, 7) and np.isfinite(act).all()
+  with pytest.raises(VlaxError, match="camera"):
+    policy.predict_action({"image_primary": np.zeros((8, 8, 3), np.uint8),
+                           "proprio": np.zeros(7, np.float32)}, "pick up the block")

@@ -366,6 +366,9 @@ class SequenceBuilder:
         m = tf.ones_like(m)
       imgs.append(tf.cast(img, tf.float32) / 127.5 - 1.0)
       masks.append(tf.broadcast_to(m, [t]))
+    if not imgs:  # no cameras (a state-only policy): no image tokens
+      h, w = self.config.image_size
+      return tf.zeros([0, h, w, 3], tf.float32), tf.zeros([0], tf.bool)
     return tf.concat(imgs, 0), tf.concat(masks, 0)
 
   def robot_example(self, frame):
@@ -426,6 +429,10 @@ class SequenceBuilder:
     img = tf.ensure_shape(ex["image"], [h, w, 3])
     img = tf.cast(img, tf.float32) / 127.5 - 1.0
     n_img = self.config.num_images
+    if not n_img:
+      raise VlaxError("web examples need at least one camera slot for their image, but "
+                      "the sequence config has cameras=() (a state-only policy): set "
+                      "data.web_sources=() / web_weight=0, or add a camera")
     images = tf.concat([img[None], tf.zeros([n_img - 1, h, w, 3], tf.float32)], 0)
     image_mask = tf.range(n_img) < 1
     prompt, answer = tf.numpy_function(self.web_ids, [ex["prompt"], ex["answer"]],

@@ -279,6 +279,8 @@ class Policy:
       for f, v in zip(frames, valid):
         images.append(resize_image(f, size) if v else np.zeros(size + (3,), np.uint8))
         masks.append(bool(v))
+    if not images:  # a policy without cameras (state only)
+      return np.zeros((0,) + size + (3,), np.float32), np.zeros([0], bool)
     images = np.stack(images).astype(np.float32) / 127.5 - 1.0
     return images, np.asarray(masks, bool)
 
