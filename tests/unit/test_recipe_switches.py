@@ -199,7 +199,8 @@ def test_zero_cameras_pipeline_train_step_and_policy():
   from vlax.training import mesh as mesh_lib
   from vlax.training import trainer
   import _train_utils as U
-  builder = _builder(cameras=(), proprio_bins=16, max_len=64, image_size=(32, 32))
+  builder = _builder(cameras=(), proprio_bins=16, max_len=64, image_size=(32, 32),
+                     proprio_source="full_state")
   frames, _, stats = S.synthetic_frames("arm7", 0, n=8)
   for k in [k for k in frames["observation"] if k.startswith("image_")]:
     del frames["observation"][k]
@@ -220,8 +221,47 @@ def test_zero_cameras_pipeline_train_step_and_policy():
   meta["model"] = model_config.to_dict()
   policy = Policy.from_params(jax.tree.map(np.asarray, state.params), meta)
   assert policy.cameras == ()
-  act = policy.predict_action({"proprio": np.zeros(7, np.float32)}, "pick up the block")
+  # The saved data config's proprio_source decides which observation key feeds the prompt.
+  act = policy.predict_action({"full_state": np.zeros(7, np.float32)}, "pick up the block")
   assert act.shape == (S.K, 7) and np.isfinite(act).all()
   with pytest.raises(VlaxError, match="camera"):
     policy.predict_action({"image_primary": np.zeros((8, 8, 3), np.uint8),
                            "proprio": np.zeros(7, np.float32)}, "pick up the block")
+
+
+# --- data.proprio_source --------------------------------------------------------------
+
+
+def test_proprio_source_full_state_spec_statistics_key_and_errors(monkeypatch):
+  from vlax.data import rlds
+  from vlax.data import standardized, statistics
+  from vlax.data.cotrain import RobotData, check_fits
+  from vlax.data.oxe import registry
+  spec = registry.get_spec("metaworld_push")
+  full = registry.with_proprio_source(spec, "full_state")
+  assert registry.with_proprio_source(spec, "proprio") is spec
+  assert full.proprio_dim == 39 and full.name == spec.name
+  t = 3
+  state = np.arange(t * 39, dtype=np.float32).reshape(t, 39)
+  raw = {"observation": {"state": state[:, :4] * 0, "full_state": state},
+         "action": np.zeros((t, 4), np.float32),
+         "language_instruction": tf.constant(["push"] * t),
+         "_episode_id": tf.constant(["e0"] * t)}
+  out = standardized.standardize(full, {k: tf.nest.map_structure(tf.constant, v)
+                                        for k, v in raw.items()}, with_images=False)
+  np.testing.assert_array_equal(out["proprio"].numpy(), state)
+  monkeypatch.setattr(rlds, "dataset_dir", lambda *a, **k: "d")
+  monkeypatch.setattr(rlds, "data_files", lambda *a, **k: [])
+  key = lambda s: statistics.cache_key(s, "d", "train")[0]
+  assert key(full) != key(spec)
+  with pytest.raises(VlaxError, match="toy_reach_a.*full_state"):
+    registry.with_proprio_source(registry.get_spec("toy_reach_a"), "full_state")
+  with pytest.raises(VlaxError, match="proprio_source"):
+    registry.with_proprio_source(spec, "joints")
+  # 39 binned dims do not fit a 64-token sequence: one line naming data.max_len.
+  stats = {"action": {"mean": [0.0] * 4}, "proprio": {"mean": [0.0] * 39}}
+  robot = RobotData((("metaworld_push", 1.0),), "", {"metaworld_push": stats})
+  with pytest.raises(VlaxError, match=r"metaworld_push.*data\.max_len"):
+    check_fits(_builder(proprio_bins=64, max_len=64, proprio_source="full_state"), robot,
+               chunk_len=4)
+  check_fits(_builder(proprio_bins=64, max_len=256), robot, chunk_len=4)

@@ -101,6 +101,7 @@ def make_robot_dataset(
     augment: images_lib.AugmentConfig | bool | None = None,
     random_shift: int = 0,
     proprio_dropout: float = 0.0,
+    proprio_source: str = "proprio",
     max_action_dim: int | None = None,
     max_proprio_dim: int | None = None,
     num_threads: int | None = None,
@@ -136,6 +137,9 @@ def make_robot_dataset(
       step of its history (0 = off).
     proprio_dropout: train only: probability that a frame's proprio is left out of the
       prompt; adds observation/proprio_dropped bool [] when > 0 (0 = off).
+    proprio_source: "proprio" (each dataset's own) or another vector a spec lists in its
+      `proprio_sources` (Meta-World's "full_state"), read, normalized and padded as the
+      proprio; a dataset without it is a VlaxError naming it.
     max_action_dim, max_proprio_dim: pad sizes (default: the mixture's max).
     num_threads: trajectory-level threads split by weight, and the private thread pool of
       the whole pipeline (default: 2 x CPU count).
@@ -163,7 +167,8 @@ def make_robot_dataset(
     raise VlaxError(f"proprio_dropout must be in [0, 1], got {proprio_dropout}")
   shift = int(random_shift) if train else 0
   drop_p = float(proprio_dropout) if train else 0.0
-  specs = [registry.get_spec(n) for n, _ in entries]
+  specs = [registry.with_proprio_source(registry.get_spec(n), proprio_source)
+           for n, _ in entries]
   if process_index is None or process_count is None:
     pi, pc = rlds.default_process()
     process_index = pi if process_index is None else process_index
@@ -189,7 +194,8 @@ def make_robot_dataset(
       all_stats[spec.name] = statistics[spec.name]
     else:
       all_stats[spec.name] = stats_lib.get_dataset_statistics(
-          spec.name, dir_for(spec.name), cache_dir=stats_cache_dir, progress=progress)
+          spec.name, dir_for(spec.name), cache_dir=stats_cache_dir, progress=progress,
+          proprio_source=proprio_source)
   a_max = max(s.action_dim for s in specs)
   p_max = max(s.proprio_dim for s in specs)
   if max_action_dim is not None:

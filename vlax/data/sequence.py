@@ -119,6 +119,9 @@ class SequenceConfig:
   proprio_bins: int = 0  # 0 = no proprio in the prompt
   on_overlong: str = "drop"
   format: str = "vlax"  # "vlax" or "openpi" (see the module doc)
+  # What the proprio in the prompt is (config.data.proprio_source): saved with the
+  # checkpoint so a Policy / closed-loop eval feeds the same vector at inference.
+  proprio_source: str = "proprio"
 
   def __post_init__(self):
     if self.format not in SEQUENCE_FORMATS:
