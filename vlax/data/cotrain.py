@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from vlax.actions import (ActionTokenizer, ActionVocab, default_action_vocab,
+from vlax.actions import (ActionTokenizer, ActionVocab, BinTokenizer, default_action_vocab,
                           fit_action_tokenizer, make_action_tokenizer, openpi_action_vocab,
                           tokenizer_from_dict)
 from vlax.checkpoints import format as ckpt_format
@@ -347,6 +347,17 @@ def default_data_config():
   c.history = 1
   c.shuffle_buffer = 2000
   c.augment = True
+  # Recipe switches (README "Meta-World"); each default is off and keeps the stream as
+  # it was. random_shift: DrQ shift, edge-pad every camera by N px and random-crop back,
+  # one shift per camera per example (the same on every history step), training only.
+  c.random_shift = 0
+  # proprio_dropout: training only, per example, with this probability the prompt is the
+  # one of proprio_bins=0 (no "State: ..."), so the policy cannot lean on proprio alone.
+  c.proprio_dropout = 0.0
+  # proprio_source: what is binned into the prompt: "proprio" (the dataset's own) or
+  # "full_state" (its simulator state, e.g. Meta-World's 39-D observation: the state
+  # oracle); the Policy and `vlax eval --env metaworld` feed the same source.
+  c.proprio_source = "proprio"
   # "toy", a SentencePiece .model path (Gemma's tokenizer.model), or "init_from" (the
   # one config.init_from's checkpoint carries, e.g. an `vlax import-openpi` checkpoint)
   c.text_tokenizer = "toy"
@@ -370,6 +381,11 @@ def default_data_config():
   c.max_text_chars = 2000
   c.web_shuffle_buffer = 1000
   return c
+
+
+# Keys added after input states were first saved: left out of a state's fingerprint at
+# their default, so a run saved before they existed still resumes.
+_RECIPE_DEFAULTS = {"random_shift": 0, "proprio_dropout": 0.0, "proprio_source": "proprio"}
 
 
 def resolve_data_config(config: Any):
@@ -439,8 +455,10 @@ def robot_data(d: Any, entries: Sequence[tuple[str, float]], *, workdir: str,
                             else f"toy_data_p{process_index}")
     toy.write_for_data_config(data_dir, d, names, image_size=int(d.image_size))
     stats_cache = stats_cache or os.path.join(workdir, "cache")
+  source = str(d.proprio_source)
   statistics = {n: stats_lib.get_dataset_statistics(n, data_dir, cache_dir=stats_cache,
-                                                    progress=False) for n in names}
+                                                    progress=False, proprio_source=source)
+                for n in names}
   return RobotData(tuple(entries), data_dir, statistics)
 
 
@@ -463,6 +481,8 @@ def robot_frames(d: Any, robot: RobotData, *, seed: int, process_index: int,
       history=int(d.history), train=train, seed=seed,
       shuffle_buffer=int(d.shuffle_buffer) if shuffle_buffer is None else shuffle_buffer,
       augment=(bool(d.augment) and train) if augment is None else augment,
+      random_shift=int(d.random_shift), proprio_dropout=float(d.proprio_dropout),
+      proprio_source=str(d.proprio_source),
       process_index=process_index, process_count=process_count, progress=False)
   return frames
 
@@ -522,6 +542,31 @@ def action_vocab(d: Any, tok: ActionTokenizer, text: TextTokenizer,
   return default_action_vocab(text.vocab_size, tok.vocab_size)
 
 
+def check_fits(builder: SequenceBuilder, robot: RobotData, *, chunk_len: int) -> None:
+  """A VlaxError when no robot example of a dataset can fit data.max_len.
+
+  The shortest example a dataset can make (empty instruction, proprio in the middle
+  bin, bins: chunk_len x action_dim action tokens, eos) is measured; if even that is
+  longer than max_len, every example would be dropped as overlong and training would
+  wait forever. A 39-D `full_state` proprio is the usual cause.
+  """
+  seq = builder.config
+  if not isinstance(builder.actions, BinTokenizer):
+    return  # FAST: the length depends on the chunk
+  for name, st in robot.statistics.items():
+    p = len(((st or {}).get("proprio") or {}).get("mean") or [])
+    a = len(((st or {}).get("action") or {}).get("mean") or [])
+    prompt = builder.robot_prompt_ids(b"", np.zeros([p], np.float32), np.ones([p], bool))
+    n = len(prompt) + chunk_len * a + 1 + len(builder._head) + len(builder._tail)  # pylint: disable=protected-access
+    if n > seq.max_len:
+      what = (f" with the {p}-dim {seq.proprio_source!r} in the prompt"
+              if seq.proprio_bins and p else "")
+      raise VlaxError(f"dataset {name!r}: its shortest example has {n} tokens{what} "
+                      f"(prompt {len(prompt)}, actions {chunk_len * a}, eos), more than "
+                      f"config.data.max_len={seq.max_len}: set --config.data.max_len to "
+                      f"at least {n} (plus the instruction)")
+
+
 def make_data_iterator(config: Any, *, process_index: int, process_count: int,
                        start_step: int = 0, workdir: str | None = None,
                        train: bool = True, action_tokenizer_settings: dict | None = None
@@ -572,14 +617,17 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
       SequenceConfig(max_len=int(d.max_len), cameras=tuple(d.cameras),
                      image_size=(image_size, image_size), window=int(d.history),
                      prompt_template=d.prompt_template, proprio_bins=int(d.proprio_bins),
-                     on_overlong=d.on_overlong, format=d.sequence_format),
+                     on_overlong=d.on_overlong, format=d.sequence_format,
+                     proprio_source=str(d.proprio_source)),
       text, tok, vocab)
+  check_fits(builder, robot, chunk_len=int(d.chunk_len))
 
   # What a saved input state must match (where the data lives may move between runs;
   # what is read and how may not).
   fingerprint = {"seed": seed, "train": bool(train),
                  "data": {k: v for k, v in d.to_dict().items()
-                          if k not in ("data_dir", "stats_cache_dir")}}
+                          if k not in ("data_dir", "stats_cache_dir")
+                          and not (k in _RECIPE_DEFAULTS and v == _RECIPE_DEFAULTS[k])}}
 
   def batches(step: int) -> CotrainIterator:
     """This host's batches with every stream seeded for `step` (a resumed run's start

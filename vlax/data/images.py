@@ -199,6 +199,26 @@ def process(data: tf.Tensor, size: tuple[int, int], *, aspect: str = "stretch",
   return to_uint8(out)
 
 
+def random_shift(image: tf.Tensor, pad: int, seed: tf.Tensor) -> tf.Tensor:
+  """DrQ random shift: edge-pads [..., H, W, C] by `pad` px and crops back to H x W.
+
+  One (dy, dx) per call, so a history [T, H, W, C] gets the same shift on every step
+  (the policy sees one consistent scene). Done as a gather of clamped row / column
+  indices, which is exactly edge padding followed by the crop, without materialising the
+  padded image. `seed` is a stateless seed [2]; pad 0 returns the image unchanged.
+  """
+  if pad <= 0:
+    return image
+  h, w = tf.shape(image)[-3], tf.shape(image)[-2]
+  offset = tf.random.stateless_uniform([2], seed=tf.cast(seed, tf.int64), minval=0,
+                                       maxval=2 * pad + 1, dtype=tf.int32) - pad
+  rows = tf.clip_by_value(tf.range(h) + offset[0], 0, h - 1)
+  cols = tf.clip_by_value(tf.range(w) + offset[1], 0, w - 1)
+  rank = image.shape.rank
+  out = tf.gather(tf.gather(image, rows, axis=rank - 3), cols, axis=rank - 2)
+  return tf.ensure_shape(out, image.shape)
+
+
 def image_size_for(image_size: int | tuple[int, int] | dict, camera: str) -> tuple[int, int]:
   """Resolves a per-camera target size (int, (H, W), or {camera: int | (H, W)})."""
   if isinstance(image_size, dict):

@@ -6,7 +6,8 @@ Per dataset (trajectory level, parallelism allocated by mixture weight):
   -> chunk the next K actions (past the end: zero, masked) -> optional history window
   -> pad action/proprio to the mixture's max dims (+ pad masks) -> flatten to frames.
 Then: weighted seeded interleave -> frame shuffle buffer (still encoded bytes) ->
-decode + resize + (train) stateless augmentation -> tf.data.Options thread/RAM budget.
+decode + resize + (train) stateless augmentation, random shift and proprio dropout ->
+tf.data.Options thread/RAM budget.
 
 The frame format is the one in the project contract (see `make_robot_dataset`).
 """
@@ -33,6 +34,12 @@ from vlax.errors import VlaxError
 CAMERAS = standardized_lib.CAMERAS
 standardize = standardized_lib.standardize
 standardized_trajectories = standardized_lib.standardized_trajectories
+
+# Salts of the train-time recipe switches' stateless seeds (`traj.element_seed`). Colour /
+# crop augmentation uses the camera index as its salt; these are far from it, so turning a
+# switch on leaves every other random stream as it was.
+SHIFT_SALT = 1_000  # + camera index
+PROPRIO_DROP_SALT = 2_000
 
 
 def to_frames_format(traj: Mapping[str, Any], *, spec: Any, stats: Mapping[str, Any],
@@ -92,6 +99,9 @@ def make_robot_dataset(
     balance_weights: bool = False,
     aspect: str = "stretch",
     augment: images_lib.AugmentConfig | bool | None = None,
+    random_shift: int = 0,
+    proprio_dropout: float = 0.0,
+    proprio_source: str = "proprio",
     max_action_dim: int | None = None,
     max_proprio_dim: int | None = None,
     num_threads: int | None = None,
@@ -122,6 +132,14 @@ def make_robot_dataset(
     balance_weights: multiply weights by each dataset's number of transitions.
     aspect: "stretch" or "pad" (keep aspect ratio, pad to square/size).
     augment: AugmentConfig, or True/None (default config when train), or False.
+    random_shift: train only: DrQ random shift of every camera by up to this many pixels
+      (edge pad + random crop back), one shift per camera and frame, the same for every
+      step of its history (0 = off).
+    proprio_dropout: train only: probability that a frame's proprio is left out of the
+      prompt; adds observation/proprio_dropped bool [] when > 0 (0 = off).
+    proprio_source: "proprio" (each dataset's own) or another vector a spec lists in its
+      `proprio_sources` (Meta-World's "full_state"), read, normalized and padded as the
+      proprio; a dataset without it is a VlaxError naming it.
     max_action_dim, max_proprio_dim: pad sizes (default: the mixture's max).
     num_threads: trajectory-level threads split by weight, and the private thread pool of
       the whole pipeline (default: 2 x CPU count).
@@ -143,9 +161,14 @@ def make_robot_dataset(
   if chunk_len < 1 or history < 1:
     raise VlaxError(f"chunk_len and history must be >= 1, got {chunk_len}, {history}")
   cameras = tuple(cameras)
-  if not cameras:
-    raise VlaxError("make_robot_dataset needs at least one camera")
-  specs = [registry.get_spec(n) for n, _ in entries]
+  if int(random_shift) < 0:
+    raise VlaxError(f"random_shift must be >= 0 pixels, got {random_shift}")
+  if not 0.0 <= float(proprio_dropout) <= 1.0:
+    raise VlaxError(f"proprio_dropout must be in [0, 1], got {proprio_dropout}")
+  shift = int(random_shift) if train else 0
+  drop_p = float(proprio_dropout) if train else 0.0
+  specs = [registry.with_proprio_source(registry.get_spec(n), proprio_source)
+           for n, _ in entries]
   if process_index is None or process_count is None:
     pi, pc = rlds.default_process()
     process_index = pi if process_index is None else process_index
@@ -171,7 +194,8 @@ def make_robot_dataset(
       all_stats[spec.name] = statistics[spec.name]
     else:
       all_stats[spec.name] = stats_lib.get_dataset_statistics(
-          spec.name, dir_for(spec.name), cache_dir=stats_cache_dir, progress=progress)
+          spec.name, dir_for(spec.name), cache_dir=stats_cache_dir, progress=progress,
+          proprio_source=proprio_source)
   a_max = max(s.action_dim for s in specs)
   p_max = max(s.proprio_dim for s in specs)
   if max_action_dim is not None:
@@ -227,6 +251,14 @@ def make_robot_dataset(
       obs[f"image_{cam}"] = images_lib.process(
           obs[f"image_{cam}"], sizes[cam], aspect=aspect, augment_config=augment_config,
           seed=traj_lib.element_seed(host_seed, index, salt=ci), crop=crop)
+      if shift:
+        obs[f"image_{cam}"] = images_lib.random_shift(
+            obs[f"image_{cam}"], shift,
+            traj_lib.element_seed(host_seed, index, salt=SHIFT_SALT + ci))
+    if drop_p:
+      u = tf.random.stateless_uniform(
+          [], seed=traj_lib.element_seed(host_seed, index, salt=PROPRIO_DROP_SALT))
+      obs["proprio_dropped"] = u < drop_p
     return {**frame, "observation": obs}
 
   frames = traj_lib.frame_map(frames, decode_frame, num_parallel_calls=tf.data.AUTOTUNE)

@@ -13,7 +13,9 @@ Layout of one sequence (text positions; the image tokens come before them in the
   the example's own prompt for web data.
 - proprio (optional, `proprio_bins > 0`): the valid normalized proprio dims discretized
   into `proprio_bins` uniform bins over [-1, 1] and written as text ("State: 12 200 3;"),
-  as in pi0-FAST, so no extra embedding is needed.
+  as in pi0-FAST, so no extra embedding is needed. A frame whose
+  `observation/proprio_dropped` is True (proprio dropout, training only) gets the prompt
+  of `proprio_bins=0` instead.
 - action tokens: the chunk's real dims only (`action[:, :action_dim]`, K * action_dim
   scalars), encoded by the action tokenizer and mapped into the reserved vocabulary range
   (`ActionVocab`). Chunk steps past the episode end (action_pad_mask False):
@@ -117,6 +119,9 @@ class SequenceConfig:
   proprio_bins: int = 0  # 0 = no proprio in the prompt
   on_overlong: str = "drop"
   format: str = "vlax"  # "vlax" or "openpi" (see the module doc)
+  # What the proprio in the prompt is (config.data.proprio_source): saved with the
+  # checkpoint so a Policy / closed-loop eval feeds the same vector at inference.
+  proprio_source: str = "proprio"
 
   def __post_init__(self):
     if self.format not in SEQUENCE_FORMATS:
@@ -364,6 +369,9 @@ class SequenceBuilder:
         m = tf.ones_like(m)
       imgs.append(tf.cast(img, tf.float32) / 127.5 - 1.0)
       masks.append(tf.broadcast_to(m, [t]))
+    if not imgs:  # no cameras (a state-only policy): no image tokens
+      h, w = self.config.image_size
+      return tf.zeros([0, h, w, 3], tf.float32), tf.zeros([0], tf.bool)
     return tf.concat(imgs, 0), tf.concat(masks, 0)
 
   def robot_example(self, frame):
@@ -372,14 +380,25 @@ class SequenceBuilder:
     images, image_mask = self._robot_images(frame)
     instruction = get_path(frame, "language_instruction")
     name = get_path(frame, "dataset_name") if _has(frame, "dataset_name") else tf.constant("")
+    def plain_prompt():
+      return tf.numpy_function(self.robot_prompt_ids, [instruction], tf.int32,
+                               stateful=False)
+
     if self.config.proprio_bins:
-      prompt = tf.numpy_function(
-          self.robot_prompt_ids,
-          [instruction, tf.cast(get_path(frame, "observation/proprio"), tf.float32),
-           get_path(frame, "observation/proprio_pad_mask")], tf.int32, stateful=False)
+      def proprio_prompt():
+        return tf.numpy_function(
+            self.robot_prompt_ids,
+            [instruction, tf.cast(get_path(frame, "observation/proprio"), tf.float32),
+             get_path(frame, "observation/proprio_pad_mask")], tf.int32, stateful=False)
+      if _has(frame, "observation/proprio_dropped"):  # proprio dropout (train only)
+        # A dropped prompt is the proprio_bins=0 prompt, so a policy evaluated without
+        # proprio sees a prompt it was trained on.
+        prompt = tf.cond(tf.cast(get_path(frame, "observation/proprio_dropped"), tf.bool),
+                         plain_prompt, proprio_prompt)
+      else:
+        prompt = proprio_prompt()
     else:
-      prompt = tf.numpy_function(self.robot_prompt_ids, [instruction], tf.int32,
-                                 stateful=False)
+      prompt = plain_prompt()
     prompt = tf.ensure_shape(prompt, [None])
     action = tf.cast(get_path(frame, "action"), tf.float32)
     pad = tf.cast(get_path(frame, "action_pad_mask"), tf.bool)
@@ -413,6 +432,10 @@ class SequenceBuilder:
     img = tf.ensure_shape(ex["image"], [h, w, 3])
     img = tf.cast(img, tf.float32) / 127.5 - 1.0
     n_img = self.config.num_images
+    if not n_img:
+      raise VlaxError("web examples need at least one camera slot for their image, but "
+                      "the sequence config has cameras=() (a state-only policy): set "
+                      "data.web_sources=() / web_weight=0, or add a camera")
     images = tf.concat([img[None], tf.zeros([n_img - 1, h, w, 3], tf.float32)], 0)
     image_mask = tf.range(n_img) < 1
     prompt, answer = tf.numpy_function(self.web_ids, [ex["prompt"], ex["answer"]],

@@ -176,6 +176,10 @@ def _function_source(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
+# DatasetSpec fields added after statistics were first cached: hashed only when set.
+_NEW_SPEC_FIELDS = {"proprio_sources": (), "proprio_source": "proprio"}
+
+
 def cache_key(spec: Any, data_dir: str, split: str) -> tuple[str, dict[str, Any]]:
   """(hash, the JSON-safe description it hashes) for a registry spec's statistics."""
   from vlax.data import rlds  # pylint: disable=g-import-not-at-top
@@ -184,6 +188,8 @@ def cache_key(spec: Any, data_dir: str, split: str) -> tuple[str, dict[str, Any]
   for f in dataclasses.fields(spec):
     if f.name == "standardize":
       continue
+    if f.name in _NEW_SPEC_FIELDS and getattr(spec, f.name) == _NEW_SPEC_FIELDS[f.name]:
+      continue  # at its default: the cache key of a spec that predates the field
     v = getattr(spec, f.name)
     fields[f.name] = v.value if hasattr(v, "value") else repr(v)
   desc = {
@@ -206,16 +212,18 @@ def cache_path(cache_dir: str, name: str, key: str) -> str:
 
 def get_dataset_statistics(name: str, data_dir: str, *, cache_dir: str | None = None,
                            split: str | None = None, progress: bool = True,
-                           recompute: bool = False) -> dict[str, Any]:
+                           recompute: bool = False,
+                           proprio_source: str = "proprio") -> dict[str, Any]:
   """Statistics of a registered dataset's standardized action/proprio, cached as JSON.
 
-  split: defaults to the spec's train split. The whole split is read on every host (no
+  split: defaults to the spec's train split. proprio_source: config.data.proprio_source
+  (its statistics are cached apart from the dataset's own proprio). The whole split is read on every host (no
   per-host sharding), so every host computes the same numbers.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   # TensorFlow readers: this module computes and caches without loading TF.
   from vlax.data import rlds, standardized  # pylint: disable=g-import-not-at-top
-  spec = registry.get_spec(name)
+  spec = registry.with_proprio_source(registry.get_spec(name), proprio_source)
   split = split or spec.train_split
   cache_dir = cache_dir or default_cache_dir()
   key, _ = cache_key(spec, data_dir, split)

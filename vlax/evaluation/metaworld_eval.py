@@ -41,6 +41,11 @@ DEFAULT_EXECUTE_STEPS = 4  # the whole chunk of the MT10 config
 
 
 def _proprio_is_full(policy: Any, dataset: str) -> bool:
+  """Whether the policy's prompt holds Meta-World's full state: its saved data config
+  (`proprio_source`), else (older checkpoints) its proprio statistics' size."""
+  source = getattr(getattr(policy, "seq", None), "proprio_source", "proprio")
+  if source != "proprio":
+    return source == "full_state"
   stats = (getattr(policy, "metadata", None) or {}).get("statistics") or {}
   mean = ((stats.get(dataset) or {}).get("proprio") or {}).get("mean") or []
   return len(mean) == mw_names.FULL_STATE_DIM

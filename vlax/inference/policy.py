@@ -279,6 +279,8 @@ class Policy:
       for f, v in zip(frames, valid):
         images.append(resize_image(f, size) if v else np.zeros(size + (3,), np.uint8))
         masks.append(bool(v))
+    if not images:  # a policy without cameras (state only)
+      return np.zeros((0,) + size + (3,), np.float32), np.zeros([0], bool)
     images = np.stack(images).astype(np.float32) / 127.5 - 1.0
     return images, np.asarray(masks, bool)
 
@@ -289,7 +291,10 @@ class Policy:
       return None, None
     st = self.statistics[dataset].get("proprio")
     dim = len(st["mean"]) if isinstance(st, Mapping) and "mean" in st else 0
-    p = next((observation[k] for k in _PROPRIO_KEYS if k in observation), None)
+    # The saved data config's proprio_source (e.g. "full_state") first, then 'proprio'.
+    source = self.seq.proprio_source
+    keys = ((source,) if source != "proprio" else ()) + _PROPRIO_KEYS
+    p = next((observation[k] for k in keys if k in observation), None)
     if p is None:
       if dim:
         raise VlaxError(f"observation has no 'proprio': this policy writes the "

@@ -54,7 +54,12 @@ class VLA(nn.Module):
     """Image embeddings, and the validity / prefix flags and positions of the full sequence."""
     check_inputs(self.config, images, image_mask, tokens, input_mask, prefix_mask)
     b, n = images.shape[:2]
-    img = self.img(images)
+    if n:
+      img = self.img(images)
+    else:  # no cameras (a state-only policy): no image tokens. The tower still runs on a
+      # dummy image whose tokens are cut away, so the param tree is the same whatever the
+      # camera count (checkpoints, init_from, Policy); XLA drops the dead computation.
+      img = self.img(jnp.zeros((b, 1) + tuple(images.shape[2:]), images.dtype))[:, :0]
     p = self.config.vision.num_patches
     img_valid = jnp.repeat(image_mask.astype(bool), p, axis=1)
     valid = jnp.concatenate([img_valid, input_mask.astype(bool)], axis=1)

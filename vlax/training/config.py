@@ -81,6 +81,12 @@ def default_train_config() -> ml_collections.ConfigDict:
       # deep models, the usual choice with remat on TPU). The param tree is the same.
       "scan_unroll": 0,
   })
+  c.loss = ml_collections.ConfigDict({
+      # > 0: the training loss scores each action token against a Gaussian over its
+      # neighbouring bins with this sigma (in bins), normalized over the action ids
+      # (ordinal bins only; FAST is refused). Eval loss and accuracy stay plain CE.
+      "action_label_smoothing": 0.0,
+  })
   c.optimizer = optimizer_lib.default_optimizer_config()  # keys documented in DEFAULTS
   # > 0: the train state also holds an exponential moving average of the params
   # (ema = d * ema + (1 - d) * params after every step; sharded like the params, saved

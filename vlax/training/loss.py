@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlax.errors import VlaxError
 from vlax.models.batch import Batch
 
 SOURCE_NAMES = ("robot", "web")
@@ -42,16 +43,77 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return logz - target_logit
 
 
-def loss_sums(logits: jax.Array, batch: Batch, num_datasets: int) -> dict[str, jax.Array]:
+def smoothing_window(sigma: float) -> np.ndarray:
+  """Offsets and weights of Gaussian label smoothing over bins: ([2W+1] int, [2W+1])
+  with W = ceil(3 sigma); the weights are unnormalized (renormalized in range)."""
+  w = int(np.ceil(3.0 * sigma))
+  offsets = np.arange(-w, w + 1)
+  return offsets, np.exp(-0.5 * (offsets / sigma) ** 2).astype(np.float32)
+
+
+def smoothed_targets(targets: jax.Array, sigma: float, action_range: tuple[int, int]
+                     ) -> tuple[jax.Array, jax.Array]:
+  """The Gaussian soft target of each (action) target id: (ids [..., 2W+1], weights
+  [..., 2W+1] summing to 1). Bins outside `action_range` [start, end) get no weight, so
+  the mass stays on action ids (renormalized at the ends of the range)."""
+  offsets, weights = smoothing_window(sigma)
+  ids = targets[..., None] + jnp.asarray(offsets)
+  start, end = action_range
+  inside = (ids >= start) & (ids < end)
+  wts = jnp.where(inside, jnp.asarray(weights), 0.0)
+  wts = wts / jnp.maximum(wts.sum(-1, keepdims=True), 1e-12)
+  return jnp.clip(ids, start, end - 1), wts
+
+
+def smoothed_cross_entropy(logits: jax.Array, targets: jax.Array, sigma: float,
+                           action_range: tuple[int, int]) -> jax.Array:
+  """Per-token CE against the Gaussian soft target over neighbouring action bins, [B, T].
+
+  Only the 2W+1 neighbours are gathered (never a [B, T, vocab] target). Ordinal bins are
+  why this helps: a neighbouring bin is a near-miss, not an unrelated token.
+  """
+  logits = logits.astype(jnp.float32)
+  logz = jax.nn.logsumexp(logits, axis=-1)
+  ids, wts = smoothed_targets(targets, sigma, action_range)
+  return logz - (jnp.take_along_axis(logits, ids, axis=-1) * wts).sum(-1)
+
+
+def smoothing_action_range(action_tokenizer: Mapping | None) -> tuple[int, int]:
+  """[start, end) of the action bins' ids in the model vocabulary, from a checkpoint's /
+  the data's `action_tokenizer` metadata; a VlaxError when the ids are not ordinal bins."""
+  kind = (action_tokenizer or {}).get("type")
+  if kind != "bins" or "vocab" not in action_tokenizer:
+    raise VlaxError(f"config.loss.action_label_smoothing needs ordinal action bins "
+                    f"(data.action_tokenizer 'bins' or 'quantile'), not {kind!r}: FAST "
+                    f"tokens are BPE merges with no neighbours to smooth over")
+  v = action_tokenizer["vocab"]
+  start, size = int(v["start"]), int(v["size"])
+  nb = int(action_tokenizer["num_bins"])
+  end = start + size
+  return (end - nb, end) if v.get("reverse") else (start, start + nb)
+
+
+def loss_sums(logits: jax.Array, batch: Batch, num_datasets: int, *,
+              label_smoothing: float = 0.0,
+              action_range: tuple[int, int] | None = None) -> dict[str, jax.Array]:
   """Sums (not means) of CE / target counts / action accuracy, total and per segment.
 
   Keys: loss_sum, token_count, action_correct, action_count, num_examples, and for
   each of those (but num_examples) `source/<key>` [2] and `dataset/<key>` [num_datasets].
   A batch without `source` / `dataset_index` counts as segment 0.
+  label_smoothing > 0 (the training loss only): action tokens (action_token_mask) are
+  scored against a Gaussian of that many bins' sigma over the action ids
+  `action_range` = [start, end) of the vocabulary; every other token keeps plain CE.
   """
   lg, targets, mask, amask = shifted_targets(
       logits, batch.inputs.tokens, batch.loss_mask, batch.action_token_mask)
-  ce = token_cross_entropy(lg, targets) * mask
+  ce = token_cross_entropy(lg, targets)
+  if label_smoothing > 0 and amask is not None:
+    if action_range is None:
+      raise ValueError("label_smoothing needs the action_range of the vocabulary")
+    soft = smoothed_cross_entropy(lg, targets, label_smoothing, action_range)
+    ce = jnp.where(amask > 0, soft, ce)
+  ce = ce * mask
   if amask is None:
     amask = jnp.zeros_like(mask)
   correct = (jnp.argmax(lg, axis=-1) == targets).astype(jnp.float32) * amask

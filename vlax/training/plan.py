@@ -82,6 +82,15 @@ def plan_vocab_size(config: Any) -> tuple[int | None, str]:
   return max(text_size, default_action_vocab(text_size, n).end), where
 
 
+def plan_action_tokenizer(config: Any) -> dict[str, Any]:
+  """Action tokenizer metadata as the data would give it (what label smoothing reads):
+  its type and bins at the end of the vocabulary (the place does not change the plan)."""
+  d = cotrain.resolve_data_config(config)
+  kind = "fast" if d.action_tokenizer == "fast" else "bins"
+  nb = int(d.num_bins)
+  return {"type": kind, "num_bins": nb, "vocab": {"start": 0, "size": nb}}
+
+
 def example_batch(config: Any, model_config) -> Batch:
   """A batch of one with the fields, shapes and dtypes the cotrain pipeline yields."""
   d = cotrain.resolve_data_config(config)
@@ -435,7 +444,8 @@ def _build(config: Any, topo: tpu_chips.Topology) -> tuple:
   vocab, vocab_source = plan_vocab_size(config)
   model_config = setup_lib.build_model_config(config, {"vocab_size": vocab} if vocab else {})
   example = example_batch(config, model_config)
-  setup = setup_lib.ModelSetup(config, model_config, mesh, example, num_datasets(config))
+  setup = setup_lib.ModelSetup(config, model_config, mesh, example, num_datasets(config),
+                               action_tokenizer=plan_action_tokenizer(config))
   result = _compile(setup, example, batch_size)
   _BUILT.clear()  # keep only the latest executable alive
   _BUILT[key] = (mesh, model_config, vocab_source, example, setup, result)

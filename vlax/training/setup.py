@@ -31,6 +31,7 @@ from vlax.models.config import VLAConfig
 from vlax.models.presets import get_preset
 from vlax.models.vla import VLA
 from vlax.training import config as config_lib
+from vlax.training import loss as loss_lib
 from vlax.training import mesh as mesh_lib
 from vlax.training import optimizer as optimizer_lib
 from vlax.training import state as state_lib
@@ -169,7 +170,8 @@ class ModelSetup:
   """Model, mesh, shardings and the jitted functions built from them."""
 
   def __init__(self, config: Any, model_config: VLAConfig, mesh: Mesh,
-               example_batch: Batch | Mapping[str, Any], num_datasets: int):
+               example_batch: Batch | Mapping[str, Any], num_datasets: int,
+               action_tokenizer: Mapping[str, Any] | None = None):
     config = config_lib.with_defaults(config)
     self.config = config
     self.mesh = mesh
@@ -206,10 +208,16 @@ class ModelSetup:
         lambda p: state_lib.create(p, self.tx, jax.random.key(0), ema=self.ema_decay > 0),
         self.abstract_params)
     self.state_sharding = state_shardings(mesh, self.abstract_state, self.params_sharding)
+    # config.loss.action_label_smoothing: the action bins' ids come from the data's
+    # action tokenizer metadata (`action_tokenizer`).
+    smoothing = float(config.loss.action_label_smoothing)
+    action_range = (loss_lib.smoothing_action_range(action_tokenizer) if smoothing > 0
+                    else None)
     step_fn = step_lib.make_train_step(
         self.model, self.tx, self.schedule, self.frozen, num_datasets=num_datasets,
         grad_accum_steps=int(config.optimizer.grad_accum_steps), mesh=mesh,
-        lora_scale=scale, grad_shardings=self.params_sharding, ema_decay=self.ema_decay)
+        lora_scale=scale, grad_shardings=self.params_sharding, ema_decay=self.ema_decay,
+        label_smoothing=smoothing, action_range=action_range)
     self.train_step = step_lib.jit_train_step(step_fn, mesh, self.state_sharding,
                                               self.example)
     eval_fn = step_lib.make_eval_step(self.model, num_datasets=num_datasets,

@@ -64,7 +64,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: Callable, frozen: Any, *, num_datasets: int,
                     grad_accum_steps: int = 1, mesh: Mesh | None = None,
                     lora_scale: float | None = None,
-                    grad_shardings: Any = None, ema_decay: float = 0.0) -> Callable:
+                    grad_shardings: Any = None, ema_decay: float = 0.0,
+                    label_smoothing: float = 0.0,
+                    action_range: tuple[int, int] | None = None) -> Callable:
   """Returns step(state, batch: Batch) -> (state, metrics) (not jitted; see
   `jit_train_step`).
 
@@ -73,6 +75,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   pick for it (the optimizer update then never sees a full-size gradient).
   ema_decay > 0: state.ema_params becomes d * ema + (1 - d) * new params (frozen params
   are copied through, so their EMA stays bit-equal to them).
+  label_smoothing > 0: Gaussian label smoothing over the action bins `action_range`
+  (config.loss.action_label_smoothing; see loss.loss_sums), in this loss only.
 
   metrics = {"sums": loss sums (see loss.loss_sums) + nonfinite,
              "last": {"loss", "grad_norm", "param_norm", "learning_rate"}}.
@@ -81,7 +85,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
   def loss_fn(params, batch, denom):
     logits = _model_logits(model, params, batch, lora_scale)
-    sums = loss_lib.loss_sums(logits, batch, num_datasets)
+    sums = loss_lib.loss_sums(logits, batch, num_datasets, label_smoothing=label_smoothing,
+                              action_range=action_range)
     return sums["loss_sum"] / denom, sums
 
   raw_grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

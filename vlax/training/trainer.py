@@ -251,7 +251,8 @@ def _start(config, workdir: str, ckpt, mesh, data_iterator_fn, local_bs: int) ->
   first = Batch.from_host(next(data_it), local_bs, start_step)
 
   model_config = build_model_config(config, data_meta)
-  setup = ModelSetup(config, model_config, mesh, first, num_datasets)
+  setup = ModelSetup(config, model_config, mesh, first, num_datasets,
+                     action_tokenizer=data_meta.get("action_tokenizer"))
   metadata = {
       "model": model_config.to_dict(),
       "text_tokenizer": data_meta.get("text_tokenizer", {}),

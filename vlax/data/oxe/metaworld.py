@@ -53,6 +53,8 @@ def _spec(task: str) -> DatasetSpec:
       language_key="language_instruction",
       gripper="effort +1 close / -1 open (Meta-World), kept raw",
       control_hz=80.0,  # 5 sim frames of 2.5 ms per step
+      # data.proprio_source="full_state": the 39-D state as proprio (the state oracle)
+      proprio_sources=(("full_state", "full_state", FULL_STATE_DIM),),
       description=f"Meta-World {task} scripted-expert demos (sim), front + wrist cameras.")
 
 

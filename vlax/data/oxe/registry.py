@@ -64,6 +64,10 @@ class DatasetSpec:
   val_split: str = "train[95%:]"
   control_hz: float | None = None
   description: str = ""
+  # Other vectors config.data.proprio_source may select as the proprio: ((source, raw
+  # observation key, dim), ...), e.g. Meta-World's ("full_state", "full_state", 39).
+  proprio_sources: tuple[tuple[str, str, int], ...] = ()
+  proprio_source: str = "proprio"  # which one this spec reads (`with_proprio_source`)
 
   def __post_init__(self):
     if len(self.action_normalization_mask) != self.action_dim:
@@ -153,6 +157,36 @@ def get_spec(name: str) -> DatasetSpec:
     raise VlaxError(f"unknown dataset {name!r}{hint}; registered: {len(_REGISTRY)} datasets, "
                     "see vlax.data.oxe.registry.list_datasets()")
   return _REGISTRY[name]
+
+
+PROPRIO_SOURCES = ("proprio", "full_state")
+
+
+def with_proprio_source(spec: DatasetSpec, source: str) -> DatasetSpec:
+  """`spec` whose 'proprio' is the observation vector `source` names (config.data.
+  proprio_source); "proprio" is the spec itself. A VlaxError names the dataset when it
+  does not store that source."""
+  if source == "proprio":
+    return spec
+  if source not in PROPRIO_SOURCES:
+    raise VlaxError(f"config.data.proprio_source must be one of {PROPRIO_SOURCES}, got "
+                    f"{source!r}")
+  found = {s: (k, d) for s, k, d in spec.proprio_sources}
+  if source not in found:
+    raise VlaxError(f"dataset {spec.name!r} has no {source!r} to use as proprio "
+                    f"(config.data.proprio_source); it stores "
+                    f"{['proprio'] + sorted(found)}")
+  key, dim = found[source]
+  base = spec.standardize
+
+  def standardize(traj):
+    out = dict(base(traj))
+    out["proprio"] = traj["observation"][key]
+    return out
+
+  return dataclasses.replace(spec, standardize=standardize, proprio_dim=int(dim),
+                             proprio_normalization_mask=(True,) * int(dim),
+                             proprio_source=source)
 
 
 def list_datasets() -> list[str]:
