@@ -223,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("eval", help="offline action-prediction evaluation (or a toy rollout)")
   p.add_argument("--checkpoint", required=True, help="vlax checkpoint directory")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--all-steps", action="store_true",
+                 help="--env metaworld: evaluate every kept checkpoint step of the run "
+                      "(OUT/step_<N>/, a learning curve in OUT/report.json and "
+                      "OUT/metaworld_curve.png)")
+  p.add_argument("--steps", default=None,
+                 help="--env metaworld: like --all-steps, for these steps only (300,600)")
   p.add_argument("--out", required=True, help="output directory for report.json and plots")
   p.add_argument("--config", default=None,
                  help="config for the eval data (default: the checkpoint's training config)")
