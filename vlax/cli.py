@@ -242,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: 1 for toy_reach, 4 for metaworld)")
   p.add_argument("--tasks", default=None,
                  help="--env metaworld: mt10, mt50 or T1,T2 (required there)")
+  p.add_argument("--temporal-ensemble", type=float, nargs="?", const=0.01, default=None,
+                 metavar="M",
+                 help="--env metaworld: re-plan every step and execute the average of the "
+                      "overlapping chunks' actions for that step, weighted exp(-M * i) with "
+                      "i = 0 for the oldest (ACT; M defaults to 0.01)")
   p.add_argument("--max-steps", type=int, default=None,
                  help="--env metaworld: step cap per episode (default 200)")
   p.add_argument("--image-ablation", default=None, choices=["shuffle", "black"],

@@ -111,7 +111,8 @@ def _dispatch(args, overrides: Sequence[str]) -> dict[str, Any]:
         image_ablation=getattr(args, "image_ablation", None),
         baselines=[b.strip() for b in getattr(args, "baselines", "expert,zero,random")
                    .split(",") if b.strip()],
-        workers=int(getattr(args, "workers", None) or 1))
+        workers=int(getattr(args, "workers", None) or 1),
+        temporal_ensemble=getattr(args, "temporal_ensemble", None))
     if curve:
       if args.step is not None:
         raise VlaxError("--step picks one checkpoint; with --all-steps / --steps leave it out")
@@ -121,6 +122,8 @@ def _dispatch(args, overrides: Sequence[str]) -> dict[str, Any]:
                             steps=getattr(args, "steps", None), **kwargs)
     return evaluate_metaworld(args.checkpoint, args.out, _metaworld_tasks(args),
                               step=args.step, **kwargs)
+  if getattr(args, "temporal_ensemble", None) is not None:
+    raise VlaxError("--temporal-ensemble is for --env metaworld")
   if env:
     if (overrides or getattr(args, "max_batches", None) is not None
         or getattr(args, "config", None)):
