@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -64,7 +65,16 @@ def test_run_probe_on_a_tiny_checkpoint(tmp_path, monkeypatch):
   cfg["vision"].update(image_size=16, patch_size=8, depth=1, width=16, mlp_dim=32,
                        num_heads=2)
   config = VLAConfig.from_dict(cfg)
-  params = {"img": vp.random_vision_params(config, seed=3)}
+  init = vp._tower_fns(vp._key(config))[0]  # pylint: disable=protected-access
+  shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
+
+  def cheap_params(config, seed=0):  # compiling the real init takes seconds: not needed here
+    del config
+    r = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: (0.2 * r.normal(size=x.shape)).astype(np.float32), shapes)
+
+  monkeypatch.setattr(vp, "random_vision_params", cheap_params)
+  params = {"img": cheap_params(config, seed=3)}
   meta = {"model": config.to_dict(), "step": 7,
           "action_tokenizer": {"sequence": {"cameras": ["primary", "wrist"]}}}
   monkeypatch.setattr(vp.weights_lib, "load", lambda path, step: (params, meta))
@@ -92,3 +102,13 @@ def test_run_probe_on_a_tiny_checkpoint(tmp_path, monkeypatch):
   assert on_disk["metadata"]["data"]["push-v3"] == {"frames": 60, "episodes": 10}
   assert report["summary"]["random"]["primary"]["object_pos"] is not None
   assert vp.format_table(report).count("\n") == 2 * 2 * 3  # header + tasks x towers x sets
+
+
+def test_cli_bad_input_is_one_line(tmp_path, capsys):
+  from vlax import cli
+  rc = cli.main(["vision-probe", "--checkpoint", str(tmp_path / "none"), "--data-dir", "/d",
+                 "--tasks", "push", "--out", str(tmp_path / "o")])
+  assert rc == 2 and "checkpoint not found" in capsys.readouterr().err
+  rc = cli.main(["vision-probe", "--checkpoint", str(tmp_path), "--data-dir", "/d",
+                 "--tasks", "push", "--out", str(tmp_path / "o"), "--frame-stride", "0"])
+  assert rc == 2 and "--frame-stride" in capsys.readouterr().err

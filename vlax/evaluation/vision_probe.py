@@ -17,6 +17,7 @@ r2_per_dim, alpha}}}}}, summary, metadata}).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Callable, Mapping, Sequence
@@ -129,12 +130,35 @@ def vision_tower(config: VLAConfig) -> SigLIP:
   return SigLIP(config.vision, config.llm.width, jnp.float32, jnp.float32)
 
 
-def random_vision_params(config: VLAConfig, seed: int = 0) -> Any:
-  s = config.vision.image_size
+@functools.lru_cache(maxsize=4)
+def _tower_fns(config_json: str) -> tuple[Callable, Callable]:
+  """(jitted init(key), jitted features(params, uint8-valued float images [B, h, w, 3]))
+  of one tower config: compiled once, shared by the trained and the random tower."""
+  config = VLAConfig.from_dict(json.loads(config_json))
   tower = vision_tower(config)
-  init = jax.jit(lambda key: nn.unbox(tower.init(key, jnp.zeros((1, 1, s, s, 3),
-                                                              jnp.float32))["params"]))
-  return init(jax.random.PRNGKey(seed))  # jitted: one compile, not one per op
+  size = config.vision.image_size
+
+  def init(key):
+    x = jnp.zeros((1, 1, size, size, 3), jnp.float32)
+    return nn.unbox(tower.init(key, x)["params"])
+
+  def features(p, x):
+    if x.shape[1:3] != (size, size):  # as the policy resizes (`policy.resize_image`)
+      x = jax.image.resize(x, (x.shape[0], size, size, 3), method="linear", antialias=True)
+      x = jnp.clip(jnp.round(x), 0, 255)
+    x = x / 127.5 - 1.0
+    return tower.apply({"params": p}, x[:, None]).mean(axis=1)
+
+  return jax.jit(init), jax.jit(features)
+
+
+def _key(config: VLAConfig) -> str:
+  return json.dumps(config.to_dict(), sort_keys=True)
+
+
+def random_vision_params(config: VLAConfig, seed: int = 0) -> Any:
+  """A freshly initialised tower of the same architecture (the probe's baseline)."""
+  return _tower_fns(_key(config))[0](jax.random.PRNGKey(seed))
 
 
 def make_encoder(config: VLAConfig, params: Any, batch_size: int = 64
@@ -142,17 +166,7 @@ def make_encoder(config: VLAConfig, params: Any, batch_size: int = 64
   """uint8 images [N, h, w, 3] -> float [N, width]: the tower's tokens mean-pooled over
   patches. Images of another size are resized as the policy does (antialiased bilinear,
   rounded to uint8: `vlax.inference.policy.resize_image`), a batch at a time."""
-  tower = vision_tower(config)
-  size = config.vision.image_size
-
-  def features(p, x):
-    if x.shape[1:3] != (size, size):
-      x = jax.image.resize(x, (x.shape[0], size, size, 3), method="linear", antialias=True)
-      x = jnp.clip(jnp.round(x), 0, 255)
-    x = x / 127.5 - 1.0
-    return tower.apply({"params": p}, x[:, None]).mean(axis=1)
-
-  apply = jax.jit(features)
+  apply = _tower_fns(_key(config))[1]
 
   def encode(images: np.ndarray) -> np.ndarray:
     out = []
