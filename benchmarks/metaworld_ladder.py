@@ -44,7 +44,7 @@ TRAIN_OVERRIDES = {
 }
 # Rungs that use another rung's checkpoint: rung -> (checkpoint rung, extra eval args).
 REUSES = {"shuffle": ("image", ("--image-ablation", "shuffle")), "probe": ("image", ())}
-PROBE_TARGETS = ("object_pos", "goal_pos")
+PROBE_TARGETS = ("object_pos", "object_pos_t0", "goal_pos")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -112,8 +112,8 @@ def collect(out: str, rungs: Sequence[str]) -> dict[str, Any]:
       r = json.load(f)
     if rung == "probe":
       result["rungs"][rung] = {"probe": {
-          task: {tower: {t: by_feat.get("all", next(iter(by_feat.values())))[t]["r2"]
-                         for t in PROBE_TARGETS}
+          task: {tower: {t: (by_feat.get("all", next(iter(by_feat.values()))).get(t)
+                             or {}).get("r2") for t in PROBE_TARGETS}
                  for tower, by_feat in res.items()}
           for task, res in r["tasks"].items()}}
     else:

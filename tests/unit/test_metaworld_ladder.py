@@ -80,6 +80,7 @@ def test_table_and_plot_from_fake_reports(tmp_path):
   assert "| rung | push | reach | average |" in md
   assert "| state_oracle | 0.90 | 1.00 | 0.95 |" in md
   assert "| shuffle | 0.10 | 0.20 | 0.15 |" in md
-  assert "| push | random | 0.30 | - |" in md and "Not run yet: no_proprio" in md
+  assert "| task | tower | object_pos | object_pos_t0 | goal_pos |" in md
+  assert "| push | random | 0.30 | - | - |" in md and "Not run yet: no_proprio" in md
   assert json.load(open(os.path.join(out, "ladder.json")))["metadata"]["tasks"] == "push,reach"
   assert os.path.getsize(os.path.join(out, "ladder.png")) > 1000

@@ -85,7 +85,8 @@ def test_run_probe_on_a_tiny_checkpoint(tmp_path, monkeypatch):
     n = 60
     state = rng.normal(size=(n, 39)).astype(np.float32)
     return {"images": {c: rng.integers(0, 255, (n, 20, 20, 3), np.uint8) for c in cameras},
-            "full_state": state, "episode_ids": np.repeat(np.arange(10), 6)}
+            "full_state": state, "episode_ids": np.repeat(np.arange(10), 6),
+            "step_index": np.tile(np.arange(6) * 2, 10)}
 
   out = str(tmp_path / "probe")
   ckpt = tmp_path / "ckpt"
@@ -98,7 +99,8 @@ def test_run_probe_on_a_tiny_checkpoint(tmp_path, monkeypatch):
   res = on_disk["tasks"]["push-v3"]
   assert set(res) == {"trained", "random"}
   assert set(res["trained"]) == {"primary", "wrist", "all"}
-  assert set(res["trained"]["all"]) == set(vp.TARGETS)
+  assert set(res["trained"]["all"]) == {*vp.TARGETS, vp.START_TARGET}
+  assert res["trained"]["all"][vp.START_TARGET]["test_frames"] == 2  # first frames only
   assert on_disk["metadata"]["data"]["push-v3"] == {"frames": 60, "episodes": 10}
   assert report["summary"]["random"]["primary"]["object_pos"] is not None
   assert vp.format_table(report).count("\n") == 2 * 2 * 3  # header + tasks x towers x sets

@@ -4,7 +4,9 @@ A policy can succeed or fail for reasons unrelated to its cameras; this asks the
 directly. The checkpoint's SigLIP tower alone encodes Meta-World demo frames (one
 mean-pooled feature vector per camera), and a ridge regression (numpy, closed form) maps
 the features to positions in the full simulator state: the object (full_state[4:7]), the
-goal (full_state[36:39]) and, as a sanity check, the hand (full_state[0:3]). The probe is
+goal (full_state[36:39]), as a sanity check the hand (full_state[0:3]), and the object
+on the first frame of each episode alone (`object_pos_t0`: before the hand, which the
+expert steers to the object and which moves it, can give the answer away). The probe is
 fitted on the frames of some demo episodes (the regularisation strength chosen on a
 split of those episodes) and scored by R^2 on held-out episodes, i.e. on layouts it has
 not seen. The same probe on a randomly initialised tower of the same architecture is the
@@ -38,6 +40,10 @@ REPORT_FORMAT = "vlax-vision-probe/1"
 # Slices of Meta-World's 39-D observation (hand xyz, gripper, object xyz + quat, second
 # object, the previous frame of those 18, goal xyz).
 TARGETS = {"object_pos": slice(4, 7), "goal_pos": slice(36, 39), "hand_pos": slice(0, 3)}
+# The object position on the first frame of each episode only: the hand is still at its
+# start pose and has not touched the object, so the hand (which the expert steers towards
+# the object, and which moves it) cannot stand in for seeing the object.
+START_TARGET = "object_pos_t0"
 ALPHAS = tuple(10.0 ** np.arange(-3, 5))
 
 
@@ -206,7 +212,7 @@ def load_frames(data_dir: str, task: str, cameras: Sequence[str], *,
                     f"data_pipelines/make_metaworld_demos.py")
   split = "train" if max_episodes is None else f"train[:{int(max_episodes)}]"
   images = {c: [] for c in cameras}
-  states, ids = [], []
+  states, ids, index = [], [], []
   for e, episode in enumerate(tfds.as_numpy(builder.as_dataset(split=split))):
     for t, step in enumerate(episode["steps"]):
       if t % int(frame_stride):
@@ -216,10 +222,12 @@ def load_frames(data_dir: str, task: str, cameras: Sequence[str], *,
         images[c].append(o[k])
       states.append(o["full_state"])
       ids.append(e)
+      index.append(t)
   if not ids:
     raise VlaxError(f"dataset {name} in {data_dir} has no frames")
   return {"images": {c: np.stack(v) for c, v in images.items()},
-          "full_state": np.stack(states).astype(np.float32), "episode_ids": np.array(ids)}
+          "full_state": np.stack(states).astype(np.float32), "episode_ids": np.array(ids),
+          "step_index": np.array(index)}
 
 
 # --------------------------------------------------------------------------- entry point
@@ -228,15 +236,25 @@ def load_frames(data_dir: str, task: str, cameras: Sequence[str], *,
 def probe_task(frames: Mapping[str, Any], encoders: Mapping[str, Callable], *,
                heldout_fraction: float = 0.2, seed: int = 0) -> dict[str, Any]:
   """{tower: {feature set: {target: probe result}}}; feature sets: each camera and, with
-  several cameras, `all` (their features side by side)."""
+  several cameras, `all` (their features side by side). With `step_index` in frames
+  (and >= 5 episodes), also START_TARGET on the episodes' first frames."""
   out: dict[str, Any] = {}
+  state, ids = frames["full_state"], frames["episode_ids"]
+  first = None
+  if "step_index" in frames and len(np.unique(ids)) >= 5:
+    first = np.asarray(frames["step_index"]) == 0
   for tower, encode in encoders.items():
     feats = {c: encode(im) for c, im in frames["images"].items()}
     if len(feats) > 1:
       feats["all"] = np.concatenate(list(feats.values()), axis=1)
-    out[tower] = {f: {t: probe(x, frames["full_state"][:, sl], frames["episode_ids"],
-                               heldout_fraction=heldout_fraction, seed=seed)
-                      for t, sl in TARGETS.items()} for f, x in feats.items()}
+    out[tower] = {}
+    for f, x in feats.items():
+      res = {t: probe(x, state[:, sl], ids, heldout_fraction=heldout_fraction, seed=seed)
+             for t, sl in TARGETS.items()}
+      if first is not None:
+        res[START_TARGET] = probe(x[first], state[first, TARGETS["object_pos"]], ids[first],
+                                  heldout_fraction=heldout_fraction, seed=seed)
+      out[tower][f] = res
   return out
 
 
@@ -254,12 +272,16 @@ def summarize(tasks: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def format_table(report: Mapping[str, Any]) -> str:
-  rows = [["task", "tower", "features", *TARGETS]]
+  targets = list(dict.fromkeys(t for res in report["tasks"].values()
+                                for by_feat in res.values() for bt in by_feat.values()
+                                for t in bt))
+  rows = [["task", "tower", "features", *targets]]
   for task, res in report["tasks"].items():
     for tower, by_feat in res.items():
       for feat, by_target in by_feat.items():
-        rows.append([task, tower, feat, *("-" if by_target[t]["r2"] is None else
-                                          f"{by_target[t]['r2']:.3f}" for t in TARGETS)])
+        rows.append([task, tower, feat, *("-" if (by_target.get(t) or {}).get("r2") is None
+                                          else f"{by_target[t]['r2']:.3f}"
+                                          for t in targets)])
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
   return "\n".join("  ".join(c.ljust(w) if i < 3 else c.rjust(w)
                              for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
@@ -323,7 +345,8 @@ def run_probe(checkpoint: str, data_dir: str, tasks: str | Sequence[str], out: s
     results[task]["episodes"] = int(len(np.unique(frames["episode_ids"])))
   counts = {t: {k: results[t].pop(k) for k in ("frames", "episodes")} for t in results}
   report = {"format": REPORT_FORMAT, "tasks": results, "summary": summarize(results),
-            "targets": {t: [s.start, s.stop] for t, s in TARGETS.items()},
+            "targets": {**{t: [s.start, s.stop] for t, s in TARGETS.items()},
+                        START_TARGET: [4, 7, "first frame of each episode"]},
             "metadata": {"checkpoint": checkpoint, "step": meta.get("step"),
                          "weights": meta.get("weights"), "cameras": cameras,
                          "data_dir": data_dir, "frame_stride": int(frame_stride),
