@@ -1,5 +1,5 @@
-"""`vlax <command>`: train, plan, eval, stats, inspect-data, import-paligemma,
-import-openpi, export, serve.
+"""`vlax <command>`: train, plan, eval, vision-probe, stats, inspect-data,
+import-paligemma, import-openpi, export, serve.
 
 Every command reports bad input as one line `error: ...` naming the culprit and exits 2;
 `--debug` (or VLAX_DEBUG=1) shows the full traceback instead.
@@ -124,6 +124,17 @@ def _cmd_eval(args: argparse.Namespace, overrides: list[str]) -> None:
   main_eval(args, overrides)
 
 
+def _cmd_vision_probe(args: argparse.Namespace, overrides: list[str]) -> None:
+  del overrides
+  # Small closed-form solves: one BLAS thread, not a pool fighting jax for the cores.
+  os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+  from vlax.evaluation.vision_probe import run_probe
+  run_probe(args.checkpoint, args.data_dir, args.tasks, args.out, step=args.step,
+            max_episodes=args.episodes, frame_stride=args.frame_stride,
+            heldout_fraction=args.heldout_fraction, seed=args.seed,
+            random_baseline=not args.no_random_baseline)
+
+
 def _cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
   del overrides
   from vlax.inference.export import main_export
@@ -223,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("eval", help="offline action-prediction evaluation (or a toy rollout)")
   p.add_argument("--checkpoint", required=True, help="vlax checkpoint directory")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--all-steps", action="store_true",
+                 help="--env metaworld: evaluate every kept checkpoint step of the run "
+                      "(OUT/step_<N>/, a learning curve in OUT/report.json and "
+                      "OUT/metaworld_curve.png)")
+  p.add_argument("--steps", default=None,
+                 help="--env metaworld: like --all-steps, for these steps only (300,600)")
   p.add_argument("--out", required=True, help="output directory for report.json and plots")
   p.add_argument("--config", default=None,
                  help="config for the eval data (default: the checkpoint's training config)")
@@ -236,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: 1 for toy_reach, 4 for metaworld)")
   p.add_argument("--tasks", default=None,
                  help="--env metaworld: mt10, mt50 or T1,T2 (required there)")
+  p.add_argument("--temporal-ensemble", type=float, nargs="?", const=0.01, default=None,
+                 metavar="M",
+                 help="--env metaworld: re-plan every step and execute the average of the "
+                      "overlapping chunks' actions for that step, weighted exp(-M * i) with "
+                      "i = 0 for the oldest (ACT; M defaults to 0.01)")
   p.add_argument("--max-steps", type=int, default=None,
                  help="--env metaworld: step cap per episode (default 200)")
   p.add_argument("--image-ablation", default=None, choices=["shuffle", "black"],
@@ -248,6 +270,28 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-batches", type=int, default=None, help="limit offline eval batches")
   _raw_weights_flag(p)
   p.set_defaults(fn=_cmd_eval)
+
+  p = sub.add_parser(
+      "vision-probe", help="linear probe: object / goal position from the vision tower",
+      description="Encode Meta-World demo frames with the checkpoint's vision tower (mean-"
+      "pooled per camera), fit ridge regressions to the object, goal and hand positions "
+      "(observation/full_state) on some episodes and report R^2 on held-out episodes, "
+      "beside the same probe on a randomly initialised tower. Writes OUT/report.json.")
+  p.add_argument("--checkpoint", required=True, help="run workdir or checkpoint directory")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--data-dir", required=True, help="Meta-World demos (RLDS)")
+  p.add_argument("--tasks", required=True, help="T1,T2 (e.g. push,pick-place)")
+  p.add_argument("--out", required=True, help="output directory for report.json")
+  p.add_argument("--episodes", type=int, default=None,
+                 help="read the first N demo episodes per task (default: all)")
+  p.add_argument("--frame-stride", type=int, default=2, help="use every k-th frame")
+  p.add_argument("--heldout-fraction", type=float, default=0.2,
+                 help="fraction of episodes (layouts) held out for the R^2")
+  p.add_argument("--seed", type=int, default=0, help="episode split and random tower")
+  p.add_argument("--no-random-baseline", action="store_true",
+                 help="skip the randomly initialised tower")
+  _raw_weights_flag(p)
+  p.set_defaults(fn=_cmd_vision_probe)
 
   p = sub.add_parser("plan", help="compile the train step for a TPU topology (CPU only)",
                      description="Compile the real train step for a TPU slice on this host "

@@ -4,7 +4,9 @@ Per task, N seeded episodes (eval seeds, disjoint from the demos') run side by s
 step one batched prediction for the N observations gives an action chunk per episode, of
 which `execute_steps` actions run open-loop before re-planning. An episode succeeds at
 the first step with Meta-World's `info["success"]` and stops there; otherwise it ends at
-`max_steps`. The baselines run the same seeds through the same loop: the scripted
+`max_steps`. With `temporal_ensemble=m` the policy re-plans every step and executes the
+exponentially weighted average of the overlapping chunks' predictions for that step
+(`vlax.evaluation.chunking`, ACT-style). The baselines run the same seeds through the same loop: the scripted
 expert (a check of the harness: it should succeed >= 90%), zero actions and uniform
 random actions; only the policy's episodes render images.
 
@@ -31,6 +33,7 @@ from PIL import Image
 from vlax.envs import metaworld_env  # imports Meta-World and MuJoCo only when an env is made
 from vlax.envs import metaworld_tasks as mw_names
 from vlax.errors import VlaxError
+from vlax.evaluation.chunking import TemporalEnsemble
 from vlax.evaluation.rollout import _chunk_fn
 from vlax.inference.policy import Policy
 
@@ -77,11 +80,13 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
                  execute_steps: int = DEFAULT_EXECUTE_STEPS, max_steps: int = 200,
                  image_size: int = 64, full_state: bool = False,
                  image_ablation: str | None = None, keep_videos: int = 0,
-                 envs: list | None = None) -> dict[str, Any]:
+                 envs: list | None = None, temporal_ensemble: float | None = None
+                 ) -> dict[str, Any]:
   """Runs one policy (a Policy, or "expert" / "zero" / "random") on `episodes` seeded
   layouts of `task`. Returns a JSON-safe summary (+ "frames" of the first keep_videos
   episodes when images are rendered). `envs`: reuse these (one per episode; reset here,
-  not closed) instead of building new ones."""
+  not closed) instead of building new ones. temporal_ensemble: the coefficient m of
+  ACT-style chunk averaging (re-plans every step; ignored by the baselines)."""
   if int(episodes) < 1:
     raise VlaxError(f"episodes must be >= 1, got {episodes}")
   if int(execute_steps) < 1:
@@ -119,6 +124,9 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
       frames[i].append(np.concatenate([obs[i]["image_primary"], obs[i]["image_wrist"]], 1))
     predictions, t = 0, 0
     k = 1 if baseline else int(execute_steps)
+    ensemble = None
+    if temporal_ensemble is not None and not baseline:
+      ensemble, k = TemporalEnsemble(float(temporal_ensemble)), 1
     while t < max_steps and active.any():
       if looks and t > 0:
         for i in np.nonzero(active)[0]:
@@ -131,6 +139,8 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
                         f"expected [{n}, K, {envs[0].action_dim}]")
       if not np.all(np.isfinite(chunks)):
         raise VlaxError(f"{label} policy returned non-finite actions")
+      if ensemble is not None:
+        chunks = ensemble(chunks)[:, None]  # [n, 1, A]: this step's averaged action
       for j in range(min(k, chunks.shape[1])):
         if t >= max_steps or not active.any():
           break
@@ -163,6 +173,7 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
       "success_per_episode": [bool(s) for s in success],
       "execute_steps": k, "max_steps": int(max_steps), "num_predictions": predictions,
       "seed": int(seed), "image_ablation": image_ablation or None,
+      "temporal_ensemble": None if ensemble is None else float(temporal_ensemble),
       "frames": [np.stack(f) for f in frames], "video_success": [bool(s) for s in
                                                                   success[:keep]],
   }
@@ -228,14 +239,15 @@ def format_table(report: Mapping[str, Any]) -> str:
 
 def _evaluate_task(policy: Any, task: str, episodes: int, seed: int, execute_steps: int,
                    max_steps: int, image_size: int, baselines: Sequence[str],
-                   image_ablation: str | None, keep_videos: int
-                   ) -> tuple[dict[str, Any], list[tuple[np.ndarray, bool]]]:
+                   image_ablation: str | None, keep_videos: int,
+                   temporal_ensemble: float | None = None) -> tuple[dict[str, Any], list[tuple[np.ndarray, bool]]]:
   """The policy and the baselines on one task: (report entry, [(frames, success)])."""
   full = _proprio_is_full(policy, mw_names.dataset_name(task))
   envs = make_envs(task, episodes, image_size, max_steps, full)  # shared by all policies
   try:
     r = rollout_task(policy, task, episodes, seed, execute_steps, max_steps, image_size,
-                     full, image_ablation, keep_videos=keep_videos, envs=envs)
+                     full, image_ablation, keep_videos=keep_videos, envs=envs,
+                     temporal_ensemble=temporal_ensemble)
     base = {b: rollout_task(b, task, episodes, seed, 1, max_steps, image_size, full,
                             envs=envs) for b in baselines}
   finally:
@@ -310,11 +322,13 @@ def evaluate_metaworld(checkpoint: str | None, out: str | None, tasks: str | Seq
                        execute_steps: int | None = None, max_steps: int = 200,
                        baselines: Sequence[str] = BASELINES, policy: Any = None,
                        image_ablation: str | None = None, videos_per_task: int = 2,
-                       workers: int = 1,
+                       workers: int = 1, temporal_ensemble: float | None = None,
                        print_fn: Callable[[str], Any] | None = print) -> dict[str, Any]:
   """Rolls the checkpoint's Policy (or `policy`) and the baselines out on `tasks`.
 
   workers > 1 splits the tasks over that many processes (each loads the checkpoint).
+  temporal_ensemble: m of ACT-style chunk averaging (re-plans every step; None = off,
+  then `execute_steps` actions of each chunk run open-loop).
   """
   task_list = metaworld_env.resolve_tasks(tasks)
   for b in baselines:
@@ -336,6 +350,13 @@ def evaluate_metaworld(checkpoint: str | None, out: str | None, tasks: str | Seq
   meta = getattr(policy, "metadata", None) or {}
   data_cfg = (meta.get("config") or {}).get("data") or {}
   image_size = int(data_cfg.get("image_size") or 64)
+  if temporal_ensemble is not None:
+    if execute_steps not in (None, 1):
+      raise VlaxError(f"temporal ensembling re-plans every step: execute_steps must be 1 "
+                      f"or unset, got {execute_steps}")
+    if not np.isfinite(temporal_ensemble) or temporal_ensemble < 0:
+      raise VlaxError(f"temporal_ensemble must be >= 0, got {temporal_ensemble}")
+    execute_steps = 1
   execute_steps = int(execute_steps or DEFAULT_EXECUTE_STEPS)
   if out is not None:
     try:
@@ -345,7 +366,9 @@ def evaluate_metaworld(checkpoint: str | None, out: str | None, tasks: str | Seq
   kwargs = {"episodes": int(episodes), "seed": int(seed), "execute_steps": execute_steps,
             "max_steps": int(max_steps), "image_size": image_size,
             "baselines": tuple(baselines), "image_ablation": image_ablation,
-            "keep_videos": videos_per_task if out is not None else 0}
+            "keep_videos": videos_per_task if out is not None else 0,
+            "temporal_ensemble": None if temporal_ensemble is None
+                                 else float(temporal_ensemble)}
   if int(workers) > 1 and checkpoint and len(task_list) > 1:
     del policy  # each worker loads its own
     done = _run_workers(checkpoint, step, task_list, int(workers), kwargs, print_fn)
@@ -372,6 +395,7 @@ def evaluate_metaworld(checkpoint: str | None, out: str | None, tasks: str | Seq
       "metadata": {"checkpoint": checkpoint, "step": meta.get("step"), "seed": int(seed),
                    "execute_steps": execute_steps, "max_steps": int(max_steps),
                    "image_size": image_size, "image_ablation": image_ablation or None,
+                   "temporal_ensemble": kwargs["temporal_ensemble"],
                    "eval_seeds": f"{metaworld_env.eval_seed(seed, 0)}.."
                                  f"{metaworld_env.eval_seed(seed, episodes - 1)}"},
   }

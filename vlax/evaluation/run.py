@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from vlax.data.oxe import metaworld
 from vlax.errors import VlaxError
+from vlax.evaluation.metaworld_curve import evaluate_curve
 from vlax.evaluation.metaworld_eval import evaluate_metaworld
 from vlax.evaluation.offline import (PredictFn, evaluate_offline, load_checkpoint,
                                      make_eval_fn, make_predict_fn, oracle_predict_fn)
@@ -97,18 +98,32 @@ _CACHE = "_eval_data"
 
 def _dispatch(args, overrides: Sequence[str]) -> dict[str, Any]:
   env = getattr(args, "env", None)
+  curve = bool(getattr(args, "all_steps", False)) or getattr(args, "steps", None) is not None
+  if curve and env != "metaworld":
+    raise VlaxError("--all-steps / --steps are for --env metaworld")
   if env == "metaworld":
     if overrides or getattr(args, "config", None):
       raise VlaxError("--config and --config.* are for the offline eval, not for --env")
-    return evaluate_metaworld(
-        args.checkpoint, args.out, _metaworld_tasks(args), episodes=int(args.episodes or 20),
-        step=args.step, seed=int(getattr(args, "seed", None) or 0),
+    kwargs = dict(
+        episodes=int(args.episodes or 20), seed=int(getattr(args, "seed", None) or 0),
         execute_steps=getattr(args, "execute_steps", None),
         max_steps=int(getattr(args, "max_steps", None) or 200),
         image_ablation=getattr(args, "image_ablation", None),
-        baselines=[b for b in getattr(args, "baselines", "expert,zero,random").split(",")
-                   if b.strip()],
-        workers=int(getattr(args, "workers", None) or 1))
+        baselines=[b.strip() for b in getattr(args, "baselines", "expert,zero,random")
+                   .split(",") if b.strip()],
+        workers=int(getattr(args, "workers", None) or 1),
+        temporal_ensemble=getattr(args, "temporal_ensemble", None))
+    if curve:
+      if args.step is not None:
+        raise VlaxError("--step picks one checkpoint; with --all-steps / --steps leave it out")
+      if getattr(args, "all_steps", False) and getattr(args, "steps", None) is not None:
+        raise VlaxError("give either --all-steps or --steps, not both")
+      return evaluate_curve(args.checkpoint, args.out, _metaworld_tasks(args),
+                            steps=getattr(args, "steps", None), **kwargs)
+    return evaluate_metaworld(args.checkpoint, args.out, _metaworld_tasks(args),
+                              step=args.step, **kwargs)
+  if getattr(args, "temporal_ensemble", None) is not None:
+    raise VlaxError("--temporal-ensemble is for --env metaworld")
   if env:
     if (overrides or getattr(args, "max_batches", None) is not None
         or getattr(args, "config", None)):

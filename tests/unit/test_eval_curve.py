@@ -1,0 +1,130 @@
+"""Closed-loop learning curve (`vlax eval --env metaworld --all-steps`): step selection,
+curve assembly and outputs, with the per-step Meta-World eval replaced by a fake."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import pytest
+
+from vlax.errors import VlaxError
+from vlax.evaluation import metaworld_curve, run
+
+TASKS = ("reach-v3", "push-v3")
+
+
+def _run_dir(tmp_path, steps=(100, 200, 300), aside=("250.diverged", "275.unreadable")):
+  root = tmp_path / "run" / "checkpoints"
+  for s in [str(x) for x in steps] + list(aside):
+    (root / s / "params").mkdir(parents=True)
+  return str(tmp_path / "run")
+
+
+def _fake_eval(success_by_step, calls=None, fail_steps=()):
+  def fn(checkpoint, out, tasks, *, step, print_fn=None, **kwargs):
+    del print_fn
+    if calls is not None:
+      calls.append({"checkpoint": checkpoint, "step": step, **kwargs})
+    if step in fail_steps:
+      raise VlaxError(f"checkpoint {checkpoint} step {step} is unreadable")
+    per = success_by_step[step]
+    report = {"tasks": {t: {"success_rate": v} for t, v in zip(TASKS, per)},
+              "average_success": sum(per) / len(per), "episodes": kwargs.get("episodes"),
+              "metadata": {"checkpoint": checkpoint, "step": step, "seed": kwargs.get("seed")}}
+    if out is not None:
+      os.makedirs(out, exist_ok=True)
+      with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(report, f)
+    return report
+  return fn
+
+
+def test_select_and_parse_steps():
+  assert metaworld_curve.parse_steps(" 600,300,,300") == [300, 600]
+  assert metaworld_curve.parse_steps(None) is None
+  with pytest.raises(VlaxError, match="'x'"):
+    metaworld_curve.parse_steps("300,x")
+  assert metaworld_curve.select_steps([300, 100], None) == [100, 300]
+  assert metaworld_curve.select_steps([100, 300], [300]) == [300]
+  with pytest.raises(VlaxError, match=r"\[200\] not among"):
+    metaworld_curve.select_steps([100, 300], [200])
+  with pytest.raises(VlaxError, match="no checkpoint steps"):
+    metaworld_curve.select_steps([], None)
+
+
+def test_assemble_curve_best_step_prefers_earliest_tie():
+  reports = {s: {"average_success": m, "tasks": {"reach-v3": {"success_rate": m}}}
+             for s, m in [(300, 0.5), (100, 0.2), (200, 0.5)]}
+  c = metaworld_curve.assemble_curve(reports)
+  assert [x["step"] for x in c["curve"]] == [100, 200, 300]
+  assert c["best_step"] == 200
+  assert c["curve"][0] == {"step": 100, "mean_success": 0.2, "per_task": {"reach-v3": 0.2}}
+
+
+def test_all_steps_writes_curve_and_skips_set_aside_steps(tmp_path):
+  workdir = _run_dir(tmp_path)
+  calls = []
+  fake = _fake_eval({100: (0.0, 0.2), 200: (0.6, 0.4), 300: (0.4, 0.4)}, calls)
+  out = str(tmp_path / "out")
+  report = metaworld_curve.evaluate_curve(workdir, out, ",".join(TASKS), eval_fn=fake,
+                                          print_fn=None, progress=False, episodes=5, seed=3)
+  assert [c["step"] for c in calls] == [100, 200, 300]  # not 250.diverged / 275.unreadable
+  assert {c["seed"] for c in calls} == {3} and {c["episodes"] for c in calls} == {5}
+  assert all(c["checkpoint"].endswith(os.path.join("run", "checkpoints")) for c in calls)
+  assert report["best_step"] == 200
+  with open(os.path.join(out, "report.json")) as f:
+    on_disk = json.load(f)
+  assert on_disk["curve"][1] == {"step": 200, "mean_success": 0.5,
+                                 "per_task": {"reach-v3": 0.6, "push-v3": 0.4}}
+  assert on_disk["best_step"] == 200 and on_disk["skipped"] == []
+  for s in (100, 200, 300):
+    assert os.path.isfile(os.path.join(out, f"step_{s}", "report.json"))
+  assert os.path.getsize(os.path.join(out, "metaworld_curve.png")) > 1000
+
+
+def test_steps_subset_and_a_failing_step_is_skipped(tmp_path):
+  workdir = _run_dir(tmp_path)
+  fake = _fake_eval({100: (0.0, 0.0), 300: (1.0, 0.5)}, fail_steps=(100,))
+  report = metaworld_curve.evaluate_curve(workdir, None, "reach,push", steps="100,300",
+                                          eval_fn=fake, print_fn=None, progress=False)
+  assert report["steps"] == [300] and report["best_step"] == 300
+  assert report["skipped"][0]["step"] == 100 and "unreadable" in report["skipped"][0]["error"]
+  with pytest.raises(VlaxError, match="no step"):
+    metaworld_curve.evaluate_curve(workdir, None, "reach", steps="100", eval_fn=fake,
+                                   print_fn=None, progress=False)
+
+
+def test_single_step_dir_is_refused(tmp_path):
+  workdir = _run_dir(tmp_path)
+  with pytest.raises(VlaxError, match="single step"):
+    metaworld_curve.evaluate_curve(os.path.join(workdir, "checkpoints", "100"), None,
+                                   "reach", eval_fn=_fake_eval({}), progress=False)
+
+
+def _args(**kw):
+  base = dict(checkpoint=None, out=None, step=None, env="metaworld", tasks="reach",
+              episodes=2, seed=0, execute_steps=None, max_steps=None, image_ablation=None,
+              baselines="", workers=1, config=None, all_steps=False, steps=None,
+              max_batches=None)
+  base.update(kw)
+  return argparse.Namespace(**base)
+
+
+def test_cli_dispatch(tmp_path, monkeypatch):
+  workdir = _run_dir(tmp_path, steps=(10, 20), aside=())
+  calls = []
+  monkeypatch.setattr(metaworld_curve.metaworld_eval, "evaluate_metaworld",
+                      _fake_eval({10: (0.1,), 20: (0.3,)}, calls))
+  out = str(tmp_path / "o")
+  report = run.main_eval(_args(checkpoint=workdir, out=out, all_steps=True))
+  assert report["best_step"] == 20 and [c["step"] for c in calls] == [10, 20]
+  assert os.path.isfile(os.path.join(out, "report.json"))
+  assert not os.path.exists(out + ".partial")
+  with pytest.raises(VlaxError, match="--step picks one"):
+    run.main_eval(_args(checkpoint=workdir, step=10, steps="10"))
+  with pytest.raises(VlaxError, match="either --all-steps or --steps"):
+    run.main_eval(_args(checkpoint=workdir, all_steps=True, steps="10"))
+  with pytest.raises(VlaxError, match="are for --env metaworld"):
+    run.main_eval(_args(checkpoint=workdir, env=None, all_steps=True))
