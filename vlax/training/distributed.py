@@ -38,6 +38,7 @@ PEER_LOST_EXIT = 75  # EX_TEMPFAIL: restart every process to resume
 _HEARTBEAT_S: int | None = None
 _CHECKPOINT_ROOT: str | None = None
 _VERDICT = threading.Event()
+_VERDICT_GRACE_S = 30.0  # the watchdog, having given its verdict, is exiting the process
 
 
 def _on_tpu_vm() -> bool:
@@ -179,6 +180,22 @@ class _Watchdog(threading.Thread):
     if not on:
       self._set("done")
 
+  def peer_values(self) -> dict[int, str | None]:
+    """Each peer's counter as the coordination service holds it now."""
+    values = {}
+    for q in self.seen:
+      try:
+        values[q] = self.client.key_value_try_get(f"vlax/alive/{q}")
+      except Exception:  # pylint: disable=broad-except  (not written yet)
+        values[q] = None
+    return values
+
+  def peers_moved_from(self, values: dict[int, str | None]) -> bool:
+    """Every peer wrote since `values` were read (or ended cleanly): alive. A dead peer's
+    last write lands before its death, so its counter never moves again."""
+    now = self.peer_values()
+    return all(v == "done" or v != values.get(q) for q, v in now.items())
+
   def _set(self, value: str) -> None:
     try:
       self.client.key_value_set(f"vlax/alive/{self.pid}", value, allow_overwrite=True)
@@ -308,18 +325,24 @@ def _lost(processes: list[int], why: str) -> None:
 
 
 def wait_for_peer_verdict(error: BaseException) -> None:
-  """After a runtime error in a multi-process run: waits (up to the heartbeat timeout
-  and a margin) for the watchdog to name a lost process, which ends this process in
-  `_lost`. Returns at once for other errors, or without a watchdog."""
+  """After an error in a multi-process run: waits for the watchdog's verdict, which ends
+  this process in `_lost` when a peer is gone, and returns as soon as every peer has
+  shown a sign of life since the error (the error is then this run's own). Any error
+  type: a peer's death surfaces as a gloo/XLA runtime error, but also as a failed
+  checkpoint save or barrier, whichever the main thread was in. Bounded by the heartbeat
+  timeout and a margin; returns at once without a watchdog or for Ctrl-C."""
   if _WATCHDOG is None or not _WATCHDOG.watching:
     return
-  if not isinstance(error, jax.errors.JaxRuntimeError):
+  if isinstance(error, (KeyboardInterrupt, SystemExit)):
     return
+  before = _WATCHDOG.peer_values()
   deadline = time.monotonic() + _HEARTBEAT_S + 10
   while time.monotonic() < deadline and not _VERDICT.is_set():
-    time.sleep(0.2)
+    time.sleep(max(_WATCHDOG.interval, 0.2))
+    if not _VERDICT.is_set() and _WATCHDOG.peers_moved_from(before):
+      return
   if _VERDICT.is_set():  # the callback is exiting the process
-    time.sleep(30)
+    time.sleep(_VERDICT_GRACE_S)
 
 
 def is_multiprocess() -> bool:
