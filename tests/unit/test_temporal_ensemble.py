@@ -107,3 +107,28 @@ def test_rollout_task_replans_every_step_and_executes_the_average():
   metaworld_eval.rollout_task(policy, "reach-v3", episodes=1, max_steps=4, envs=envs,
                               execute_steps=3)
   assert policy.calls == 2 and envs[0].actions == [0, 1, 2, 10]  # open loop: no averaging
+
+
+class _CameraCheckingPolicy(_CountingPolicy):
+  """Fails the way a real Policy does on a camera it was not trained with."""
+
+  def __init__(self, cameras):
+    super().__init__()
+    self.cameras = tuple(cameras)
+
+  def predict_action_batch(self, obs, instructions, dataset=None):
+    for o in obs:
+      extra = {k for k in o if k.startswith("image_")} - {f"image_{c}" for c in self.cameras}
+      assert not extra, f"cameras {sorted(extra)} given to a policy trained on {self.cameras}"
+    return super().predict_action_batch(obs, instructions, dataset)
+
+
+@pytest.mark.parametrize("cameras", [(), ("primary",), ("primary", "wrist")])
+def test_the_policy_gets_only_its_trained_cameras(cameras):
+  """The env renders front + wrist; a state oracle (no cameras) or a one-camera policy
+  gets only what it was trained on, with or without the shuffle ablation."""
+  for ablation in (None, "shuffle"):
+    r = metaworld_eval.rollout_task(_CameraCheckingPolicy(cameras), "reach-v3", episodes=2,
+                                    max_steps=2, envs=[_FakeEnv(), _FakeEnv()],
+                                    image_ablation=ablation)
+    assert r["num_predictions"] == 1

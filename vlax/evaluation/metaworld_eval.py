@@ -54,6 +54,17 @@ def _proprio_is_full(policy: Any, dataset: str) -> bool:
   return len(mean) == mw_names.FULL_STATE_DIM
 
 
+def _trained_cameras(obs: list[dict[str, Any]], cameras: Sequence[str] | None
+                     ) -> list[dict[str, Any]]:
+  """The observation a policy trained on `cameras` takes: the env renders front and
+  wrist, a policy trained on fewer (none: the state oracle) gets those alone."""
+  if cameras is None:
+    return obs
+  keep = {f"image_{c}" for c in cameras}
+  return [{k: v for k, v in o.items() if not k.startswith("image_") or k in keep}
+          for o in obs]
+
+
 def _ablate(obs: list[dict[str, Any]], mode: str | None, rng: np.random.Generator
             ) -> list[dict[str, Any]]:
   if not mode:
@@ -115,6 +126,7 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
                                 np.random.default_rng([int(seed), 17]))
     label = "expert" if label == "oracle" else label
     ablate_rng = np.random.default_rng([int(seed), 29])
+    cameras = None if baseline else getattr(name, "cameras", None)
     active = np.ones(n, bool)
     success = np.zeros(n, bool)
     steps = np.zeros(n, np.int64)
@@ -131,8 +143,8 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
       if looks and t > 0:
         for i in np.nonzero(active)[0]:
           obs[i] = envs[i].observation()  # finished episodes keep their last frame
-      chunks = np.asarray(chunk_fn(envs, _ablate(obs, image_ablation, ablate_rng)),
-                          np.float32)
+      seen = _trained_cameras(_ablate(obs, image_ablation, ablate_rng), cameras)
+      chunks = np.asarray(chunk_fn(envs, seen), np.float32)
       predictions += 1
       if chunks.ndim != 3 or chunks.shape[0] != n or chunks.shape[2] != envs[0].action_dim:
         raise VlaxError(f"{label} policy returned actions of shape {chunks.shape}, "
