@@ -29,6 +29,9 @@ def main(argv=None) -> int:
   p.add_argument("--data-dir", required=True)
   p.add_argument("--seed", type=int, default=0, help="first layout-seed block")
   p.add_argument("--max-steps", type=int, default=None, help="step cap per episode")
+  p.add_argument("--action-noise", type=float, default=0.0,
+                 help="std of Gaussian noise added to the executed xyz actions (labels stay "
+                      "the expert's clean actions; DART-style), e.g. 0.2")
   args = p.parse_args(argv)
   try:
     if args.episodes < 1:
@@ -36,7 +39,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     out = metaworld_demos.write_demos(
         args.data_dir, args.tasks, num_episodes=args.episodes, image_size=args.image_size,
-        seed=args.seed, max_steps=args.max_steps,
+        seed=args.seed, max_steps=args.max_steps, action_noise=args.action_noise,
         log=lambda m: print(m, file=sys.stderr, flush=True))
   except VlaxError as e:
     print(f"error: {e}", file=sys.stderr)

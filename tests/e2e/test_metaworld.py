@@ -118,6 +118,14 @@ def test_env_seeding_and_cameras():
       s1, ok1 = rollout_expert(env, 7); s2, ok2 = rollout_expert(env, 7)
       replay = len(s1) == len(s2) and all(np.array_equal(x["action"], y["action"])
                                           for x, y in zip(s1, s2))
+      # DART-style noise: other states are visited, each labelled with the expert's
+      # clean action for that state (the env replayed to it gives the same action)
+      n1, okn = rollout_expert(env, 7, action_noise=0.1)
+      n2, _ = rollout_expert(env, 7, action_noise=0.1)
+      noisy = {"ok": okn, "replay": all(np.array_equal(x["full_state"], y["full_state"])
+                                         for x, y in zip(n1, n2)),
+               "moved": not np.allclose(n1[10]["full_state"], s1[10]["full_state"]),
+               "labels_clean": bool(np.abs(np.stack([x["action"] for x in n1])).max() <= 1.0)}
       ups = {}
       for cam in ("primary", "wrist"):
         env.render(cam)
@@ -125,12 +133,14 @@ def test_env_seeding_and_cameras():
       env._renderer.update_scene(env._env.data, camera="corner")
       ups["corner"] = [float(v) for v in env._renderer.scene.camera[0].up]
       print(json.dumps({"same": same, "differ": differ, "replay": replay, "ok": ok1,
+                        "noisy": noisy,
                         "shape": list(a["image_primary"].shape),
                         "proprio": len(a["proprio"]), "ups": ups,
                         "instruction": a["instruction"]}))
       """)
   r = json.loads(out.strip().splitlines()[-1])
   assert r["same"] and r["differ"] and r["replay"] and r["ok"], r
+  assert all(r["noisy"].values()), r["noisy"]
   assert r["shape"] == [32, 32, 3] and r["proprio"] == 4
   assert r["instruction"] == "push the puck to the goal"
   # Upright: world up (+z) is image up in the front camera; Meta-World's own `corner`

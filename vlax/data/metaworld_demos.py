@@ -51,19 +51,20 @@ def _rlds_episode(episode_id: int, episode: dict[str, Any]) -> dict[str, Any]:
 
 
 def expert_episodes(task: str, num_episodes: int, *, image_size: int = 64, seed: int = 0,
-                    max_steps: int | None = None,
+                    max_steps: int | None = None, action_noise: float = 0.0,
                     stats: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
   """Yields `num_episodes` successful RLDS episodes of the scripted expert (see
   `vlax.envs.metaworld_experts.expert_episodes` for seeds and retries)."""
   episodes = metaworld_experts.expert_episodes(task, num_episodes, image_size=image_size,
-                                               seed=seed, max_steps=max_steps, stats=stats)
+                                               seed=seed, max_steps=max_steps,
+                                               action_noise=action_noise, stats=stats)
   for i, episode in enumerate(episodes):
     yield _rlds_episode(i, episode)
 
 
 def write_demos(data_dir: str, tasks: str | Sequence[str], *, num_episodes: int,
                 image_size: int = 64, seed: int = 0, num_shards: int = 1,
-                max_steps: int | None = None,
+                max_steps: int | None = None, action_noise: float = 0.0,
                 log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
   """Writes `metaworld_<task>` datasets under data_dir; returns {name: {path, episodes,
   attempts, failed, steps}}."""
@@ -75,7 +76,7 @@ def write_demos(data_dir: str, tasks: str | Sequence[str], *, num_episodes: int,
     path = rlds.write_rlds(
         name, data_dir, features(image_size),
         expert_episodes(task, num_episodes, image_size=image_size, seed=seed,
-                        max_steps=max_steps, stats=stats),
+                        max_steps=max_steps, action_noise=action_noise, stats=stats),
         version=mw_names.VERSION, num_shards=num_shards,
         description=f"Meta-World {task} scripted-expert demos (vlax)")
     out[name] = {"path": path, "episodes": int(num_episodes), **stats}

@@ -223,16 +223,30 @@ class MetaWorldEnv:
       self._renderer = None
 
 
-def rollout_expert(env: MetaWorldEnv, seed: int) -> tuple[list[dict[str, Any]], bool]:
+def rollout_expert(env: MetaWorldEnv, seed: int, action_noise: float = 0.0
+                   ) -> tuple[list[dict[str, Any]], bool]:
   """One expert episode up to success or the step cap: ([{observation, action,
-  full_state}], success)."""
+  full_state}], success).
+
+  action_noise > 0 (DART-style noise injection): the env executes the expert's action
+  plus N(0, action_noise) on the xyz dims (clipped to [-1, 1]; the gripper is kept),
+  while the recorded label stays the expert's clean action for the state it is in. The
+  demos then cover states off the expert's own path, labelled with how to get back,
+  which is what a cloned policy needs once its own small errors move it there."""
+  if action_noise < 0:
+    raise VlaxError(f"action_noise must be >= 0, got {action_noise}")
+  rng = np.random.default_rng([int(seed), 4099])
   obs = env.reset(seed)
   steps = []
   for _ in range(env.max_steps):
     action = env.oracle_action()
     steps.append({"observation": obs, "action": action,
                   "full_state": env.full_state_vector()})
-    obs, _, done, info = env.step(action)
+    executed = action
+    if action_noise > 0:
+      executed = np.array(action, np.float32, copy=True)
+      executed[:3] = np.clip(executed[:3] + rng.normal(0.0, action_noise, 3), -1.0, 1.0)
+    obs, _, done, info = env.step(executed)
     if info["success"]:
       return steps, True
     if done:

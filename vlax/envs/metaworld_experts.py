@@ -17,7 +17,7 @@ from vlax.errors import VlaxError
 
 
 def _expert_worker(task: str, num_episodes: int, image_size: int, seed: int,
-                   max_steps: int | None, queue) -> None:
+                   max_steps: int | None, queue, action_noise: float = 0.0) -> None:
   """Child process: runs the expert and puts ("episode", ep) / ("stats", d) / ("error",
   msg) on `queue`."""
   stats = {"attempts": 0, "failed": 0, "steps": 0}
@@ -29,7 +29,7 @@ def _expert_worker(task: str, num_episodes: int, image_size: int, seed: int,
       if i >= 3 * num_episodes + 10:
         raise VlaxError(f"{task}: the expert failed {stats['failed']} of {i} episodes")
       s = metaworld_env.train_seed(seed, i)
-      steps, ok = metaworld_env.rollout_expert(env, s)
+      steps, ok = metaworld_env.rollout_expert(env, s, action_noise)
       i += 1
       stats["attempts"] = i
       if not ok:
@@ -47,10 +47,11 @@ def _expert_worker(task: str, num_episodes: int, image_size: int, seed: int,
 
 
 def expert_episodes(task: str, num_episodes: int, *, image_size: int = 64, seed: int = 0,
-                    max_steps: int | None = None,
+                    max_steps: int | None = None, action_noise: float = 0.0,
                     stats: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
   """Yields `num_episodes` successful expert episodes {"seed", "steps"}, the steps as
-  `metaworld_env.rollout_expert` returns them ({observation, action, full_state}).
+  `metaworld_env.rollout_expert` returns them ({observation, action, full_state});
+  `action_noise`: see `rollout_expert`.
 
   Layout seeds are `metaworld_env.train_seed(seed, i)` for i = 0, 1, ...; failed episodes
   are dropped (counted in `stats["failed"]`) and the next seed is tried, up to
@@ -60,7 +61,7 @@ def expert_episodes(task: str, num_episodes: int, *, image_size: int = 64, seed:
   queue = ctx.Queue(maxsize=8)
   proc = ctx.Process(target=_expert_worker, daemon=True,
                      args=(task, int(num_episodes), int(image_size), int(seed), max_steps,
-                           queue))
+                           queue, float(action_noise)))
   proc.start()
   try:
     while True:
