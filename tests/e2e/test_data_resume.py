@@ -26,7 +26,7 @@ def data_config(**data) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict({"seed": 3, "batch_size": 4})
   c.data = ml_collections.ConfigDict({
       "toy_episodes": 4, "toy_episode_len": 6, "image_size": 16, "chunk_len": 2,
-      "shuffle_buffer": 20, "num_bins": 16, "max_len": 40,
+      "shuffle_buffer": 20, "num_bins": 16, "max_len": 48,
       "web_sources": ({"kind": "toy", "num_examples": 16},), "web_shuffle_buffer": 8,
       **data})
   return c
@@ -94,7 +94,7 @@ def test_restore_errors_name_the_directory(tmp_path):
 
   # Another data config: refused by the fingerprint, naming the changed key.
   with pytest.raises(VlaxError, match=r"good.*incompatible.*max_len"):
-    build(data_config(max_len=48), tmp_path).restore_state(good)
+    build(data_config(max_len=56), tmp_path).restore_state(good)
 
   # Same metadata but a tf.data iterator of another graph (robot-only pipeline).
   robot_only = build(data_config(web_sources=()), tmp_path)
@@ -113,7 +113,7 @@ def test_restore_errors_name_the_directory(tmp_path):
   # Failed restores leave the iterator as built (start_step-seeded), so a caller may
   # fall back to it.
   assert target.start_step == 1 and target.batches_read == 0
-  assert next(target)["tokens"].shape == (4, 40)
+  assert next(target)["tokens"].shape == (4, 48)
 
 
 class _Recorder:
@@ -150,7 +150,7 @@ def test_train_resume_continues_the_data_stream(tmp_path):
       "num_steps=4", "batch_size=8", "checkpoint_every=2", "keep_checkpoints=5",
       "eval_every=0", "log_every=2", "model.preset=tiny", "data.image_size=32",
       "data.toy_episodes=4", "data.toy_episode_len=6", "data.shuffle_buffer=20",
-      "data.num_bins=16", "data.max_len=40", "data.web_shuffle_buffer=8",
+      "data.num_bins=16", "data.max_len=48", "data.web_shuffle_buffer=8",
       "logging.tensorboard=False", "logging.progress=False",
       "async_checkpointing=False"])
   config.data.web_sources = ({"kind": "toy", "num_examples": 16},)

@@ -74,7 +74,7 @@ def test_train_resumes_past_step_10000_with_a_large_seed(tmp_path):
       f"seed={BIG_SEED}", f"num_steps={LATE_STEP + 2}", "batch_size=8",
       "checkpoint_every=2", "eval_every=0", "log_every=2", "model.preset=tiny",
       "data.image_size=32", "data.toy_episodes=4", "data.toy_episode_len=6",
-      "data.shuffle_buffer=20", "data.num_bins=16", "data.max_len=40",
+      "data.shuffle_buffer=20", "data.num_bins=16", "data.max_len=48",
       "data.web_shuffle_buffer=8", "logging.tensorboard=False", "logging.progress=False",
       "async_checkpointing=False"])
   config.data.web_sources = ({"kind": "toy", "num_examples": 16},)

@@ -553,6 +553,8 @@ def check_fits(builder: SequenceBuilder, robot: RobotData, *, chunk_len: int) ->
   seq = builder.config
   if not isinstance(builder.actions, BinTokenizer):
     return  # FAST: the length depends on the chunk
+  if seq.on_overlong == "truncate":
+    return  # kept, cut at max_len: nothing is dropped
   for name, st in robot.statistics.items():
     p = len(((st or {}).get("proprio") or {}).get("mean") or [])
     a = len(((st or {}).get("action") or {}).get("mean") or [])
