@@ -211,7 +211,7 @@ def test_truncated_tf_data_state_falls_back_to_a_fresh_stream(tmp_path, capsys):
   fresh, _, restored = data_state.open_data(data_fn, config, str(tmp_path), 1, 0, 1)
   err = capsys.readouterr().err  # a warning line on stderr (was a plain line on stdout)
   assert not restored and err.startswith("warning: data state not restored (")
-  assert fresh.batches_read == 0 and next(fresh)["tokens"].shape == (4, 40)
+  assert fresh.batches_read == 0 and next(fresh)["tokens"].shape == (4, config.data.max_len)
 
 
 @pytest.mark.slow
