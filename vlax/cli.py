@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="--env metaworld: step cap per episode (default 200)")
   p.add_argument("--image-ablation", default=None, choices=["shuffle", "black"],
                  help="--env metaworld: images shuffled across episodes, or black")
+  p.add_argument("--layouts", default="eval", choices=["eval", "train"],
+                 help="--env metaworld: the eval seeds' layouts, or the demos' own "
+                      "(train: success there and not on eval layouts = memorised demos)")
   p.add_argument("--baselines", default="expert,zero,random",
                  help="--env metaworld: baselines on the same seeds ('' for none)")
   p.add_argument("--workers", type=int, default=1,

@@ -114,6 +114,37 @@ def test_proprio_dropout_prompt_is_the_no_proprio_prompt():
   assert not np.array_equal(never[0]["tokens"], off[0]["tokens"])
 
 
+def test_proprio_action_tokens_one_ordered_action_id_per_dim():
+  text_b, tok_b = _builder(proprio_bins=16), _builder(proprio_bins=16,
+                                                     proprio_format="action_tokens")
+  head = tok_b.robot_prompt_ids(b"push the puck")
+  p = np.array([-1.0, -0.5, -0.06, 0.06, 0.7, 1.0, 3.0], np.float32)
+  mask = np.ones(len(p), bool)
+  mask[3] = False  # masked dims are left out, as in the text format
+  ids = tok_b.robot_prompt_ids(b"push the puck", p, mask)
+  text_ids = text_b.robot_prompt_ids(b"push the puck", p, mask)
+  assert len(text_ids) > len(ids)  # digits cost more than one token per dim
+  vocab = tok_b.vocab
+  in_range = (ids >= vocab.start) & (ids < vocab.end)
+  assert in_range.sum() == mask.sum()  # one action id per valid dim, nothing else
+  bins = vocab.from_vocab(ids[in_range])
+  # 16 proprio bins on the 256-bin action grid: bin b -> the action bin of its centre.
+  np.testing.assert_array_equal(bins, [8, 72, 120, 216, 248, 248])
+  assert np.all(np.diff(bins) >= 0)
+  assert ids[:len(head) - 1].tolist() == head[:-1].tolist()  # same prompt, then State
+  with pytest.raises(VlaxError, match="proprio_format"):
+    _builder(proprio_bins=16, proprio_format="digits")
+  with pytest.raises(VlaxError, match="action_tokens.*FAST|FAST.*proprio_format"):
+    SequenceBuilder(SequenceConfig(proprio_bins=16, proprio_format="action_tokens"),
+                    load_toy_tokenizer(), _fast_tokenizer(), default_action_vocab(
+                        load_toy_tokenizer().vocab_size, 64))
+
+
+def _fast_tokenizer():
+  from vlax.actions import FASTTokenizer  # pylint: disable=g-import-not-at-top
+  return FASTTokenizer(vocab_size=64)
+
+
 def test_proprio_dropout_pipeline_rate_and_train_only(data):
   fr = _frames(data, n=200, proprio_dropout=0.5, history=1)
   rate = np.mean([f["observation"]["proprio_dropped"] for f in fr])

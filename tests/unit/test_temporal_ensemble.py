@@ -132,3 +132,27 @@ def test_the_policy_gets_only_its_trained_cameras(cameras):
                                     max_steps=2, envs=[_FakeEnv(), _FakeEnv()],
                                     image_ablation=ablation)
     assert r["num_predictions"] == 1
+
+
+class _SeedRecordingEnv(_FakeEnv):
+  def reset(self, seed):
+    self.seed = seed
+    return self.observation()
+
+
+def test_layouts_train_replays_the_demos_layouts_eval_never_does():
+  from vlax.envs import metaworld_env  # pylint: disable=g-import-not-at-top
+  seeds = {}
+  for layouts in ("eval", "train"):
+    envs = [_SeedRecordingEnv() for _ in range(3)]
+    r = metaworld_eval.rollout_task(_CountingPolicy(), "reach-v3", episodes=3, seed=2,
+                                    max_steps=1, envs=envs, layouts=layouts)
+    seeds[layouts] = [e.seed for e in envs]
+    assert r["layouts"] == layouts
+  # the demo writer's layouts for --seed 2 (make_metaworld_demos.py uses train_seed)
+  assert seeds["train"] == [metaworld_env.train_seed(2, i) for i in range(3)]
+  assert seeds["eval"] == [metaworld_env.eval_seed(2, i) for i in range(3)]
+  assert not set(seeds["eval"]) & {metaworld_env.train_seed(2, i) for i in range(10_000)}
+  with pytest.raises(VlaxError, match="layouts"):
+    metaworld_eval.rollout_task(_CountingPolicy(), "reach-v3", episodes=1, max_steps=1,
+                                envs=[_FakeEnv()], layouts="test")

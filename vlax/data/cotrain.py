@@ -358,6 +358,10 @@ def default_data_config():
   # "full_state" (its simulator state, e.g. Meta-World's 39-D observation: the state
   # oracle); the Policy and `vlax eval --env metaworld` feed the same source.
   c.proprio_source = "proprio"
+  # proprio_format: how the binned proprio is written: "text" (digits, pi0-FAST style) or
+  # "action_tokens" (one action-bin token per dim, its value on the action grid; bins and
+  # quantile action tokenizers only).
+  c.proprio_format = "text"
   # "toy", a SentencePiece .model path (Gemma's tokenizer.model), or "init_from" (the
   # one config.init_from's checkpoint carries, e.g. an `vlax import-openpi` checkpoint)
   c.text_tokenizer = "toy"
@@ -385,7 +389,8 @@ def default_data_config():
 
 # Keys added after input states were first saved: left out of a state's fingerprint at
 # their default, so a run saved before they existed still resumes.
-_RECIPE_DEFAULTS = {"random_shift": 0, "proprio_dropout": 0.0, "proprio_source": "proprio"}
+_RECIPE_DEFAULTS = {"random_shift": 0, "proprio_dropout": 0.0, "proprio_source": "proprio",
+                    "proprio_format": "text"}
 
 
 def resolve_data_config(config: Any):
@@ -620,7 +625,8 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
                      image_size=(image_size, image_size), window=int(d.history),
                      prompt_template=d.prompt_template, proprio_bins=int(d.proprio_bins),
                      on_overlong=d.on_overlong, format=d.sequence_format,
-                     proprio_source=str(d.proprio_source)),
+                     proprio_source=str(d.proprio_source),
+                     proprio_format=str(d.proprio_format)),
       text, tok, vocab)
   check_fits(builder, robot, chunk_len=int(d.chunk_len))
 

@@ -13,7 +13,10 @@ Layout of one sequence (text positions; the image tokens come before them in the
   the example's own prompt for web data.
 - proprio (optional, `proprio_bins > 0`): the valid normalized proprio dims discretized
   into `proprio_bins` uniform bins over [-1, 1] and written as text ("State: 12 200 3;"),
-  as in pi0-FAST, so no extra embedding is needed. A frame whose
+  as in pi0-FAST, so no extra embedding is needed. With `proprio_format="action_tokens"`
+  each dim is instead one action-bin token (" State:" ids ";"): the bin's value on the
+  action tokenizer's grid, so a dim costs one token, not two to four digit pieces, and its
+  embedding is the (tied) one the action targets train, ordered by value. A frame whose
   `observation/proprio_dropped` is True (proprio dropout, training only) gets the prompt
   of `proprio_bins=0` instead.
 - action tokens: the chunk's real dims only (`action[:, :action_dim]`, K * action_dim
@@ -64,6 +67,7 @@ SOURCE_WEB = 1
 SOURCE_NAMES = ("robot", "web")
 OVERLONG_MODES = ("drop", "truncate", "raise")
 SEQUENCE_FORMATS = ("vlax", "openpi")
+PROPRIO_FORMATS = ("text", "action_tokens")
 OPENPI_STATE_BINS = 256
 OPENPI_ACTION_HEAD = "Action: "
 OPENPI_ACTION_TAIL = "|"
@@ -122,6 +126,8 @@ class SequenceConfig:
   # What the proprio in the prompt is (config.data.proprio_source): saved with the
   # checkpoint so a Policy / closed-loop eval feeds the same vector at inference.
   proprio_source: str = "proprio"
+  # "text" (digits, pi0-FAST style) or "action_tokens" (one action-bin token per dim).
+  proprio_format: str = "text"
 
   def __post_init__(self):
     if self.format not in SEQUENCE_FORMATS:
@@ -132,6 +138,12 @@ class SequenceConfig:
         raise VlaxError(f"sequence format 'openpi' writes the state in "
                         f"{OPENPI_STATE_BINS} bins, got proprio_bins={self.proprio_bins}")
       object.__setattr__(self, "proprio_bins", OPENPI_STATE_BINS)
+    if self.proprio_format not in PROPRIO_FORMATS:
+      raise VlaxError(f"SequenceConfig.proprio_format (config.data.proprio_format) must be "
+                      f"one of {PROPRIO_FORMATS}, got {self.proprio_format!r}")
+    if self.format == "openpi" and self.proprio_format != "text":
+      raise VlaxError("sequence format 'openpi' writes the state as text digits; "
+                      f"proprio_format={self.proprio_format!r} is for the vlax format")
     if self.on_overlong not in OVERLONG_MODES:
       raise VlaxError(f"SequenceConfig.on_overlong must be one of {OVERLONG_MODES}, got "
                       f"{self.on_overlong!r}")
@@ -195,6 +207,11 @@ class SequenceBuilder:
                         f"vocabulary (openpi_action_vocab), got {action_vocab}")
     else:
       _check_no_collision(text_tokenizer, action_vocab)
+    if config.proprio_format == "action_tokens" and config.proprio_bins and not isinstance(
+        action_tokenizer, BinTokenizer):
+      raise VlaxError("proprio_format='action_tokens' writes the proprio as action-bin "
+                      f"tokens; the action tokenizer is {type(action_tokenizer).__name__} "
+                      "(use data.action_tokenizer=bins or quantile, or proprio_format=text)")
     self.config = config
     self.text = text_tokenizer
     self.actions = action_tokenizer
@@ -254,10 +271,23 @@ class SequenceBuilder:
       p = p[pm]
       nb = self.config.proprio_bins
       bins = np.clip(np.floor((np.clip(p, -1, 1) + 1) / 2 * nb), 0, nb - 1).astype(int)
-      parts.append(np.asarray(self.text.encode(
-          " State: " + " ".join(map(str, bins.tolist())) + ";"), np.int32))
+      if self.config.proprio_format == "action_tokens":
+        parts.append(self._encode_cached(b" State:", add_bos=False))
+        parts.append(np.asarray(self._proprio_action_ids(bins), np.int32))
+        parts.append(self._encode_cached(b";", add_bos=False))
+      else:
+        parts.append(np.asarray(self.text.encode(
+            " State: " + " ".join(map(str, bins.tolist())) + ";"), np.int32))
     parts.append(self._encode_cached(self.config.separator.encode("utf-8"), add_bos=False))
     return np.concatenate(parts).astype(np.int32)
+
+  def _proprio_action_ids(self, bins: np.ndarray) -> np.ndarray:
+    """Proprio bins (of proprio_bins over [-1, 1]) -> the action-bin ids of the same
+    values: each bin's centre on the action tokenizer's uniform grid over [low, high]."""
+    nb, tok = self.config.proprio_bins, self.actions
+    centre = (np.asarray(bins, np.float64) + 0.5) / nb * 2.0 - 1.0
+    idx = np.floor((centre - tok.low) / (tok.high - tok.low) * tok.num_bins)
+    return self.vocab.to_vocab(np.clip(idx, 0, tok.num_bins - 1).astype(np.int64))
 
   def web_ids(self, prompt: bytes, answer: bytes) -> tuple[np.ndarray, np.ndarray]:
     """(bos + prompt + separator, answer) ids; eos is added in-graph."""

@@ -10,6 +10,9 @@ exponentially weighted average of the overlapping chunks' predictions for that s
 expert (a check of the harness: it should succeed >= 90%), zero actions and uniform
 random actions; only the policy's episodes render images.
 
+`layouts="train"` replays the demos' own layouts instead of the eval seeds: success on
+them and not on eval layouts is memorisation, not a closed-loop failure.
+
 `image_ablation` measures what the images contribute: "shuffle" gives each episode the
 images of another episode of the same batch (same task, other layout, same step),
 "black" replaces them by zeros; proprio and instruction stay.
@@ -40,6 +43,10 @@ from vlax.inference.policy import Policy
 REPORT_FORMAT = "vlax-metaworld/1"
 BASELINES = ("expert", "zero", "random")
 ABLATIONS = ("shuffle", "black")
+# Which layouts the episodes use: the eval seeds (never in the demos), or the demos' own
+# (`train_seed`, the layouts make_metaworld_demos.py wrote with the same --seed): success
+# there and not on eval layouts means the policy memorised its demos' layouts.
+LAYOUTS = ("eval", "train")
 DEFAULT_EXECUTE_STEPS = 4  # the whole chunk of the MT10 config
 
 
@@ -80,6 +87,12 @@ def _ablate(obs: list[dict[str, Any]], mode: str | None, rng: np.random.Generato
   return [{**o, **{k: obs[int(j)][k] for k in keys}} for o, j in zip(obs, perm)]
 
 
+def _layout_seed_fn(layouts: str) -> Callable[[int, int], int]:
+  if layouts not in LAYOUTS:
+    raise VlaxError(f"unknown layouts {layouts!r}; use one of {LAYOUTS}")
+  return metaworld_env.train_seed if layouts == "train" else metaworld_env.eval_seed
+
+
 def make_envs(task: str, n: int, image_size: int = 64, max_steps: int = 200,
               full_state: bool = False) -> list:
   return [metaworld_env.MetaWorldEnv(task, image_size=image_size, max_steps=max_steps,
@@ -91,8 +104,8 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
                  execute_steps: int = DEFAULT_EXECUTE_STEPS, max_steps: int = 200,
                  image_size: int = 64, full_state: bool = False,
                  image_ablation: str | None = None, keep_videos: int = 0,
-                 envs: list | None = None, temporal_ensemble: float | None = None
-                 ) -> dict[str, Any]:
+                 envs: list | None = None, temporal_ensemble: float | None = None,
+                 layouts: str = "eval") -> dict[str, Any]:
   """Runs one policy (a Policy, or "expert" / "zero" / "random") on `episodes` seeded
   layouts of `task`. Returns a JSON-safe summary (+ "frames" of the first keep_videos
   episodes when images are rendered). `envs`: reuse these (one per episode; reset here,
@@ -104,6 +117,7 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
     raise VlaxError(f"execute_steps must be >= 1, got {execute_steps}")
   if image_ablation not in (None, "", *ABLATIONS):
     raise VlaxError(f"unknown image ablation {image_ablation!r}; use one of {ABLATIONS}")
+  layout_seed = _layout_seed_fn(layouts)
   baseline = isinstance(policy, str)
   name = {"expert": "oracle"}.get(policy, policy) if baseline else policy
   n = int(episodes)
@@ -116,7 +130,7 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
     raise VlaxError(f"rollout_task: {len(envs)} envs for {n} episodes")
   looks = not baseline
   try:
-    obs = [e.reset(metaworld_env.eval_seed(seed, i)) for i, e in enumerate(envs)]
+    obs = [e.reset(layout_seed(seed, i)) for i, e in enumerate(envs)]
     if looks:
       for e in envs:
         e.render_images = True
@@ -184,7 +198,7 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
       "mean_steps": float(steps[success].mean()) if success.any() else None,
       "success_per_episode": [bool(s) for s in success],
       "execute_steps": k, "max_steps": int(max_steps), "num_predictions": predictions,
-      "seed": int(seed), "image_ablation": image_ablation or None,
+      "seed": int(seed), "layouts": layouts, "image_ablation": image_ablation or None,
       "temporal_ensemble": None if ensemble is None else float(temporal_ensemble),
       "frames": [np.stack(f) for f in frames], "video_success": [bool(s) for s in
                                                                   success[:keep]],
@@ -252,16 +266,17 @@ def format_table(report: Mapping[str, Any]) -> str:
 def _evaluate_task(policy: Any, task: str, episodes: int, seed: int, execute_steps: int,
                    max_steps: int, image_size: int, baselines: Sequence[str],
                    image_ablation: str | None, keep_videos: int,
-                   temporal_ensemble: float | None = None) -> tuple[dict[str, Any], list[tuple[np.ndarray, bool]]]:
+                   temporal_ensemble: float | None = None, layouts: str = "eval"
+                   ) -> tuple[dict[str, Any], list[tuple[np.ndarray, bool]]]:
   """The policy and the baselines on one task: (report entry, [(frames, success)])."""
   full = _proprio_is_full(policy, mw_names.dataset_name(task))
   envs = make_envs(task, episodes, image_size, max_steps, full)  # shared by all policies
   try:
     r = rollout_task(policy, task, episodes, seed, execute_steps, max_steps, image_size,
                      full, image_ablation, keep_videos=keep_videos, envs=envs,
-                     temporal_ensemble=temporal_ensemble)
+                     temporal_ensemble=temporal_ensemble, layouts=layouts)
     base = {b: rollout_task(b, task, episodes, seed, 1, max_steps, image_size, full,
-                            envs=envs) for b in baselines}
+                            envs=envs, layouts=layouts) for b in baselines}
   finally:
     for e in envs:
       e.close()
@@ -335,14 +350,16 @@ def evaluate_metaworld(checkpoint: str | None, out: str | None, tasks: str | Seq
                        baselines: Sequence[str] = BASELINES, policy: Any = None,
                        image_ablation: str | None = None, videos_per_task: int = 2,
                        workers: int = 1, temporal_ensemble: float | None = None,
-                       print_fn: Callable[[str], Any] | None = print) -> dict[str, Any]:
+                       layouts: str = "eval", print_fn: Callable[[str], Any] | None = print) -> dict[str, Any]:
   """Rolls the checkpoint's Policy (or `policy`) and the baselines out on `tasks`.
 
   workers > 1 splits the tasks over that many processes (each loads the checkpoint).
   temporal_ensemble: m of ACT-style chunk averaging (re-plans every step; None = off,
-  then `execute_steps` actions of each chunk run open-loop).
+  then `execute_steps` actions of each chunk run open-loop). layouts: "eval" (the eval
+  seeds) or "train" (the demos' own layouts, a memorisation check).
   """
   task_list = metaworld_env.resolve_tasks(tasks)
+  layout_seed = _layout_seed_fn(layouts)
   for b in baselines:
     if b not in BASELINES:
       raise VlaxError(f"unknown baseline {b!r}; use {BASELINES}")
@@ -380,7 +397,7 @@ def evaluate_metaworld(checkpoint: str | None, out: str | None, tasks: str | Seq
             "baselines": tuple(baselines), "image_ablation": image_ablation,
             "keep_videos": videos_per_task if out is not None else 0,
             "temporal_ensemble": None if temporal_ensemble is None
-                                 else float(temporal_ensemble)}
+                                 else float(temporal_ensemble), "layouts": layouts}
   if int(workers) > 1 and checkpoint and len(task_list) > 1:
     del policy  # each worker loads its own
     done = _run_workers(checkpoint, step, task_list, int(workers), kwargs, print_fn)
@@ -408,8 +425,8 @@ def evaluate_metaworld(checkpoint: str | None, out: str | None, tasks: str | Seq
                    "execute_steps": execute_steps, "max_steps": int(max_steps),
                    "image_size": image_size, "image_ablation": image_ablation or None,
                    "temporal_ensemble": kwargs["temporal_ensemble"],
-                   "eval_seeds": f"{metaworld_env.eval_seed(seed, 0)}.."
-                                 f"{metaworld_env.eval_seed(seed, episodes - 1)}"},
+                   "layouts": layouts,
+                   "eval_seeds": f"{layout_seed(seed, 0)}..{layout_seed(seed, episodes - 1)}"},
   }
   if out is not None:
     report["plots"] = [os.path.relpath(plot_success(report, os.path.join(

@@ -112,7 +112,8 @@ def _dispatch(args, overrides: Sequence[str]) -> dict[str, Any]:
         baselines=[b.strip() for b in getattr(args, "baselines", "expert,zero,random")
                    .split(",") if b.strip()],
         workers=int(getattr(args, "workers", None) or 1),
-        temporal_ensemble=getattr(args, "temporal_ensemble", None))
+        temporal_ensemble=getattr(args, "temporal_ensemble", None),
+        layouts=getattr(args, "layouts", None) or "eval")
     if curve:
       if args.step is not None:
         raise VlaxError("--step picks one checkpoint; with --all-steps / --steps leave it out")
@@ -124,6 +125,8 @@ def _dispatch(args, overrides: Sequence[str]) -> dict[str, Any]:
                               step=args.step, **kwargs)
   if getattr(args, "temporal_ensemble", None) is not None:
     raise VlaxError("--temporal-ensemble is for --env metaworld")
+  if (getattr(args, "layouts", None) or "eval") != "eval":
+    raise VlaxError("--layouts is for --env metaworld")
   if env:
     if (overrides or getattr(args, "max_batches", None) is not None
         or getattr(args, "config", None)):
