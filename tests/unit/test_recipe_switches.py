@@ -155,8 +155,26 @@ def test_proprio_dropout_pipeline_rate_and_train_only(data):
   assert "proprio_dropped" not in _frames(data, n=1, history=1)[0]["observation"]
 
 
+def test_proprio_noise_gaussian_on_valid_proprio_train_only_rest_unchanged(data):
+  plain = _frames(data, n=100, history=1)
+  noisy = _frames(data, n=100, history=1, proprio_noise=0.1)
+  diffs = []
+  for a, b in zip(plain, noisy):
+    np.testing.assert_array_equal(a["action"], b["action"])  # same frames, same order
+    np.testing.assert_array_equal(a["observation"]["image_primary"],
+                                  b["observation"]["image_primary"])
+    m = a["observation"]["proprio_pad_mask"]
+    diffs.append((b["observation"]["proprio"] - a["observation"]["proprio"])[m])
+  d = np.concatenate(diffs)
+  assert d.size > 100 and abs(d.mean()) < 0.03 and 0.08 < d.std() < 0.12, (d.mean(), d.std())
+  ev = dict(n=3, history=1, train=False, split="train")
+  for a, b in zip(_frames(data, **ev), _frames(data, proprio_noise=0.1, **ev)):
+    np.testing.assert_array_equal(a["observation"]["proprio"], b["observation"]["proprio"])
+
+
 @pytest.mark.parametrize("key,value", [("data.random_shift", -1),
                                        ("data.proprio_dropout", 1.5),
+                                       ("data.proprio_noise", -0.1),
                                        ("loss.action_label_smoothing", -0.1)])
 def test_config_checks(key, value):
   import ml_collections

@@ -354,6 +354,9 @@ def default_data_config():
   # proprio_dropout: training only, per example, with this probability the prompt is the
   # one of proprio_bins=0 (no "State: ..."), so the policy cannot lean on proprio alone.
   c.proprio_dropout = 0.0
+  # proprio_noise: training only, Gaussian noise (std, in normalized units: the range
+  # [-1, 1]) on the proprio before it is binned; a regulariser for few-demo state input.
+  c.proprio_noise = 0.0
   # proprio_source: what is binned into the prompt: "proprio" (the dataset's own) or
   # "full_state" (its simulator state, e.g. Meta-World's 39-D observation: the state
   # oracle); the Policy and `vlax eval --env metaworld` feed the same source.
@@ -389,7 +392,8 @@ def default_data_config():
 
 # Keys added after input states were first saved: left out of a state's fingerprint at
 # their default, so a run saved before they existed still resumes.
-_RECIPE_DEFAULTS = {"random_shift": 0, "proprio_dropout": 0.0, "proprio_source": "proprio",
+_RECIPE_DEFAULTS = {"random_shift": 0, "proprio_dropout": 0.0, "proprio_noise": 0.0,
+                    "proprio_source": "proprio",
                     "proprio_format": "text"}
 
 
@@ -487,6 +491,7 @@ def robot_frames(d: Any, robot: RobotData, *, seed: int, process_index: int,
       shuffle_buffer=int(d.shuffle_buffer) if shuffle_buffer is None else shuffle_buffer,
       augment=(bool(d.augment) and train) if augment is None else augment,
       random_shift=int(d.random_shift), proprio_dropout=float(d.proprio_dropout),
+      proprio_noise=float(d.proprio_noise),
       proprio_source=str(d.proprio_source),
       process_index=process_index, process_count=process_count, progress=False)
   return frames

@@ -40,6 +40,7 @@ standardized_trajectories = standardized_lib.standardized_trajectories
 # switch on leaves every other random stream as it was.
 SHIFT_SALT = 1_000  # + camera index
 PROPRIO_DROP_SALT = 2_000
+PROPRIO_NOISE_SALT = 3_000
 
 
 def to_frames_format(traj: Mapping[str, Any], *, spec: Any, stats: Mapping[str, Any],
@@ -101,6 +102,7 @@ def make_robot_dataset(
     augment: images_lib.AugmentConfig | bool | None = None,
     random_shift: int = 0,
     proprio_dropout: float = 0.0,
+    proprio_noise: float = 0.0,
     proprio_source: str = "proprio",
     max_action_dim: int | None = None,
     max_proprio_dim: int | None = None,
@@ -137,6 +139,9 @@ def make_robot_dataset(
       step of its history (0 = off).
     proprio_dropout: train only: probability that a frame's proprio is left out of the
       prompt; adds observation/proprio_dropped bool [] when > 0 (0 = off).
+    proprio_noise: train only: Gaussian noise of this std added to the normalized
+      proprio (before the prompt bins it), so a policy with few demos cannot key on
+      exact state values of its demos' layouts (0 = off).
     proprio_source: "proprio" (each dataset's own) or another vector a spec lists in its
       `proprio_sources` (Meta-World's "full_state"), read, normalized and padded as the
       proprio; a dataset without it is a VlaxError naming it.
@@ -165,7 +170,10 @@ def make_robot_dataset(
     raise VlaxError(f"random_shift must be >= 0 pixels, got {random_shift}")
   if not 0.0 <= float(proprio_dropout) <= 1.0:
     raise VlaxError(f"proprio_dropout must be in [0, 1], got {proprio_dropout}")
+  if not float(proprio_noise) >= 0.0:
+    raise VlaxError(f"proprio_noise must be >= 0, got {proprio_noise}")
   shift = int(random_shift) if train else 0
+  noise = float(proprio_noise) if train else 0.0
   drop_p = float(proprio_dropout) if train else 0.0
   specs = [registry.with_proprio_source(registry.get_spec(n), proprio_source)
            for n, _ in entries]
@@ -259,6 +267,11 @@ def make_robot_dataset(
       u = tf.random.stateless_uniform(
           [], seed=traj_lib.element_seed(host_seed, index, salt=PROPRIO_DROP_SALT))
       obs["proprio_dropped"] = u < drop_p
+    if noise:
+      p = obs["proprio"]
+      obs["proprio"] = p + noise * tf.random.stateless_normal(
+          tf.shape(p), seed=traj_lib.element_seed(host_seed, index, salt=PROPRIO_NOISE_SALT),
+          dtype=p.dtype)
     return {**frame, "observation": obs}
 
   frames = traj_lib.frame_map(frames, decode_frame, num_parallel_calls=tf.data.AUTOTUNE)

@@ -65,6 +65,7 @@ _RULES: dict[str, tuple[str, Callable[[Any], bool], str]] = {
     "data.proprio_bins": (_INT, lambda v: v >= 0, ">= 0 (0 = off)"),
     "data.random_shift": (_INT, lambda v: v >= 0, ">= 0 pixels (0 = off)"),
     "data.proprio_dropout": ("float", lambda v: 0 <= v <= 1, "in [0, 1] (0 = off)"),
+    "data.proprio_noise": ("float", lambda v: v >= 0, ">= 0 (0 = off)"),
     "loss.action_label_smoothing": ("float", lambda v: v >= 0, ">= 0 bins (0 = off)"),
     "data.web_weight": ("float", lambda v: 0 <= v <= 1, "in [0, 1]"),
     "data.max_text_chars": (_INT, lambda v: v > 0, "> 0"),
