@@ -57,9 +57,11 @@ def get_config(arg: str | None = None):
   c.data.chunk_len = 4
   c.data.proprio_bins = 64
   c.data.augment = False
-  # Recipe switches (README "Meta-World"; off here until measured): random_shift=4,
-  # proprio_dropout=0.5, proprio_source="full_state" (state oracle: max_len >= 192),
-  # cameras=() (state only), and config.loss.action_label_smoothing=1.0.
+  # Recipe switches (README "Meta-World"; off here until measured on the image policy):
+  # random_shift=4, proprio_dropout=0.5, proprio_noise=0.05, proprio_format=
+  # "action_tokens", proprio_source="full_state" with cameras=() (the state oracle; the
+  # measured oracle recipe adds proprio_format="action_tokens", proprio_noise=0.05,
+  # max_len=96), and config.loss.action_label_smoothing=1.0.
   c.data.random_shift = 0
   c.data.proprio_dropout = 0.0
   c.data.proprio_source = "proprio"

@@ -128,3 +128,9 @@ def test_cli_dispatch(tmp_path, monkeypatch):
     run.main_eval(_args(checkpoint=workdir, all_steps=True, steps="10"))
   with pytest.raises(VlaxError, match="are for --env metaworld"):
     run.main_eval(_args(checkpoint=workdir, env=None, all_steps=True))
+  calls.clear()  # --layouts reaches every step's eval; it is refused without --env metaworld
+  run.main_eval(_args(checkpoint=workdir, out=str(tmp_path / "t"), all_steps=True,
+                      layouts="train"))
+  assert [c["layouts"] for c in calls] == ["train", "train"]
+  with pytest.raises(VlaxError, match="--layouts is for --env metaworld"):
+    run.main_eval(_args(checkpoint=workdir, env="toy_reach", layouts="train"))

@@ -25,7 +25,9 @@ def test_dry_run_prints_every_rung(tmp_path, capsys):
   assert list(blocks) == list(ladder.RUNGS)
   oracle = blocks["state_oracle"]
   for flag in ("--config.data.proprio_source=full_state", "'--config.data.cameras=()'",
-               "--config.data.max_len=192", "--config.num_steps=500",
+               "--config.data.max_len=96",
+               "--config.data.proprio_format=action_tokens",
+               "--config.data.proprio_noise=0.05", "--config.num_steps=500",
                "--config.data.robot_datasets=metaworld_push,metaworld_pick_place",
                "--config.data.data_dir=/d", f"--workdir {out}/state_oracle"):
     assert flag in oracle, flag
