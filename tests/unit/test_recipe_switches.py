@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import _seq_utils as S
-from vlax.actions import BinTokenizer, default_action_vocab
+from vlax.actions import BinTokenizer, FASTTokenizer, default_action_vocab
 from vlax.data import images, robot
 from vlax.data.oxe import toy
 from vlax.data.sequence import SequenceBuilder, SequenceConfig, numpy_iterator
@@ -141,7 +141,6 @@ def test_proprio_action_tokens_one_ordered_action_id_per_dim():
 
 
 def _fast_tokenizer():
-  from vlax.actions import FASTTokenizer  # pylint: disable=g-import-not-at-top
   return FASTTokenizer(vocab_size=64)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vlax.envs import metaworld_env
 from vlax.errors import VlaxError
 from vlax.evaluation import metaworld_eval
 from vlax.evaluation.chunking import TemporalEnsemble, ensemble_weights
@@ -141,7 +142,6 @@ class _SeedRecordingEnv(_FakeEnv):
 
 
 def test_layouts_train_replays_the_demos_layouts_eval_never_does():
-  from vlax.envs import metaworld_env  # pylint: disable=g-import-not-at-top
   seeds = {}
   for layouts in ("eval", "train"):
     envs = [_SeedRecordingEnv() for _ in range(3)]

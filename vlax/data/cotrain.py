@@ -393,8 +393,7 @@ def default_data_config():
 # Keys added after input states were first saved: left out of a state's fingerprint at
 # their default, so a run saved before they existed still resumes.
 _RECIPE_DEFAULTS = {"random_shift": 0, "proprio_dropout": 0.0, "proprio_noise": 0.0,
-                    "proprio_source": "proprio",
-                    "proprio_format": "text"}
+                    "proprio_source": "proprio", "proprio_format": "text"}
 
 
 def resolve_data_config(config: Any):
