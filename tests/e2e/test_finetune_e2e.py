@@ -145,7 +145,7 @@ def test_finetune_changes_action_dim_chunk_and_cameras(tmp_path):
   assert action.shape == (2, 2)  # chunk 2 of [dx, dy]
 
 
-@pytest.mark.slow
+@pytest.mark.manual  # ~15 minutes on 2 busy cores: VLAX_MANUAL_TESTS=1 (README "Tests")
 def test_finetune_beats_untuned_and_scratch(tmp_path):
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # one CPU device: the tiny model is not worth 8 shards
