@@ -49,10 +49,12 @@ def manual_prediction(policy, obs, instruction, dataset):
   a = DIMS[dataset]
   steps = K * a + 1
   assert builder.max_decode_steps(K, a) == steps
+  # The Policy decodes under the robot answer's grammar (K * a action ids, then eos).
+  allowed = tuple(x[None] for x in builder.action_grammar(K, a, steps))
   ids = decoding.greedy_decode(
       policy.model, policy.params, np.asarray(imgs)[None], np.asarray(mask)[None],
       prompt["tokens"][None], prompt["input_mask"][None], prompt["prefix_mask"][None],
-      steps)
+      steps, allowed=allowed)
   ids = np.asarray(ids)[0]
   norm = builder.actions_from_tokens(ids, a, K)
   return unnormalize(norm, stats["action"], mode), ids
@@ -73,8 +75,10 @@ def test_predict_matches_manual_pipeline(policy, dataset):
   want, want_ids = manual_prediction(policy, obs, "pick up the red block", dataset)
   np.testing.assert_array_equal(tokens, want_ids)
   np.testing.assert_allclose(actions, want, rtol=1e-6, atol=1e-6)
-  # The random model emits action tokens, so the check covers real bins.
-  assert policy.builder.vocab.contains(tokens[:-1]).mean() > 0.5
+  # Constrained decoding: action tokens only, then eos (the random model alone emits
+  # action tokens often, so the check covers real bins, but never eos).
+  assert policy.builder.vocab.contains(tokens[:-1]).all()
+  assert tokens[-1] == policy.builder.eos_id
 
 
 def test_same_tokens_different_units_per_dataset(policy):

@@ -74,7 +74,8 @@ OPENPI_ACTION_TAIL = "|"
 
 
 class DataCounters:
-  """Thread-safe event counts of the input pipeline (dropped / truncated / malformed).
+  """Thread-safe event counts of the input pipeline (dropped / truncated / malformed, and
+  examples involving a held-out concept: `vlax.data.concepts`).
 
   Keys are "<source>/<reason>" and "<source>/<reason>/<dataset_name>"; read them with
   `as_dict()` after (or during) iteration and log them with the metrics.
@@ -575,6 +576,51 @@ class SequenceBuilder:
       if t and np.array_equal(ids[i:i + t], self._tail):
         return ids[:i]
     return ids
+
+  def action_id_range(self) -> tuple[int, int]:
+    """[lo, hi): the LLM ids the action tokenizer's ids map to (contiguous)."""
+    ends = self.vocab.to_vocab(np.asarray([0, self.actions.vocab_size - 1], np.int64))
+    return int(ends.min()), int(ends.max()) + 1
+
+  def action_grammar(self, chunk_len: int, action_dim: int, num_steps: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ids a robot answer may hold at each generated position, for constrained
+    decoding (`greedy_decode(allowed=...)`, batched): (lo, hi int32 [S], extra int32
+    [S, E]): position t allows [lo[t], hi[t]) and extra[t] (-1 = unused).
+
+    Why: a robot prompt's answer is action tokens (RT-2 §3.2), so masking the rest makes
+    every decode parseable. Bins: exactly K * A action ids, then eos. FAST: action ids or
+    eos up to the budget (its length varies). openpi's layout forces "Action: " first and
+    "|" after the actions (FAST: "|" or eos may end them anywhere).
+    """
+    lo, hi = self.action_id_range()
+    budget = self.actions.max_tokens(chunk_len, action_dim)
+    end = [int(x) for x in self._tail] + [self.eos_id]
+    rows = [(0, 0, [int(x)]) for x in self._head]
+    if isinstance(self.actions, BinTokenizer):
+      rows += [(lo, hi, [])] * budget + [(0, 0, [int(x)]) for x in self._tail]
+    else:
+      rows += [(lo, hi, end)] * budget + [(0, 0, end)] * len(self._tail)
+    steps = self.max_decode_steps(chunk_len, action_dim) if num_steps is None else num_steps
+    rows = (rows + [(0, 0, [self.eos_id])] * steps)[:steps]
+    width = max(1, max(len(r[2]) for r in rows))
+    extra = np.full([steps, width], -1, np.int32)
+    for t, (_, _, ids) in enumerate(rows):
+      extra[t, :len(ids)] = ids
+    return (np.asarray([r[0] for r in rows], np.int32),
+            np.asarray([r[1] for r in rows], np.int32), extra)
+
+  def has_invalid_action_tokens(self, token_ids: Any) -> bool:
+    """True when a generated answer holds a non-action id where the actions belong
+    (before eos; openpi: between "Action: " and "|"): text where actions should be."""
+    if self.config.format == "openpi":
+      span = self.openpi_action_span(token_ids)
+    else:
+      span = np.asarray(token_ids, np.int64).reshape(-1)
+      stop = np.nonzero(span == self.eos_id)[0]
+      span = span[:stop[0]] if stop.size else span
+    lo, hi = self.action_id_range()
+    return bool(((span < lo) | (span >= hi)).any())
 
   @property
   def decode_errors(self) -> int:

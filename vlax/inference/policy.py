@@ -10,7 +10,10 @@ every dataset's action dimension and its normalization statistics. One predictio
   2. prompt: `SequenceBuilder.prompt_inputs` (with the proprio normalized by the chosen
      dataset's statistics when the training prompt held proprio);
   3. KV-cache greedy decoding of exactly the chunk's token budget (+ eos), one jitted
-     function per (batch size, budget);
+     function per (batch size, budget); by default constrained to the robot answer's
+     grammar (action tokens, then eos: RT-2 §3.2), so a text token can never stand where
+     an action belongs (`constrain_actions=False` decodes freely and counts such chunks
+     in `invalid_decodes`);
   4. tolerant detokenization (`actions_from_tokens`), then unnormalization with the
      chosen dataset's statistics -> float32 [chunk_len, action_dim].
 
@@ -103,13 +106,18 @@ class Policy:
   The decoder weights are laid out for KV-cache decoding once, on the first prediction,
   and kept (`decode_weights_max_bytes`: up to that size; larger decoders, e.g. Gemma 2B
   in fp32, are laid out inside every call instead of being held twice in memory).
+
+  constrain_actions (default True): greedy decoding may pick only the ids the robot
+  answer allows at each position (`SequenceBuilder.action_grammar`); a policy that
+  already emits action tokens predicts the same.
   """
 
   decode_weights_max_bytes: int = 2 << 30
 
   def __init__(self, path: str | None = None, step: int | None = None,
                dataset: str | None = None, *, params: Any = None,
-               metadata: Mapping[str, Any] | None = None, use_ema: bool | None = None):
+               metadata: Mapping[str, Any] | None = None, use_ema: bool | None = None,
+               constrain_actions: bool = True):
     if (path is None) == (params is None):
       raise VlaxError("Policy: give either a checkpoint path or params= and metadata=")
     if path is not None:
@@ -158,22 +166,27 @@ class Policy:
         x.size * x.dtype.itemsize for x in jax.tree.leaves(layers)
     ) <= self.decode_weights_max_bytes
     self._decode_weights = None
+    self.constrain_actions = bool(constrain_actions)
+    self.invalid_decodes = 0  # chunks with text where action tokens belong
+    self._grammars: dict[tuple[str, int], tuple[np.ndarray, ...]] = {}
     self.dataset = None
     if dataset is not None:
       self.dataset = self._resolve_dataset(dataset)
 
   @classmethod
   def from_checkpoint(cls, path: str, step: int | None = None,
-                      dataset: str | None = None, use_ema: bool | None = None) -> "Policy":
+                      dataset: str | None = None, use_ema: bool | None = None,
+                      constrain_actions: bool = True) -> "Policy":
     """Loads ROOT or ROOT/<step> (default: the latest step); the EMA weights when the
     checkpoint has them, unless use_ema=False (see `vlax.checkpoints.weights.load`)."""
-    return cls(path, step, dataset, use_ema=use_ema)
+    return cls(path, step, dataset, use_ema=use_ema, constrain_actions=constrain_actions)
 
   @classmethod
   def from_params(cls, params: Any, metadata: Mapping[str, Any],
-                  dataset: str | None = None) -> "Policy":
+                  dataset: str | None = None, constrain_actions: bool = True) -> "Policy":
     """A policy over in-memory params and their checkpoint metadata."""
-    return cls(None, None, dataset, params=params, metadata=metadata)
+    return cls(None, None, dataset, params=params, metadata=metadata,
+               constrain_actions=constrain_actions)
 
   # --- datasets ---------------------------------------------------------------------
 
@@ -348,11 +361,28 @@ class Policy:
       self._decode_weights = prepare_weights(self.model, self.params)
     return self._decode_weights
 
-  def decode(self, inputs: ModelInputs, num_steps: int) -> np.ndarray:
-    """Greedy tokens int32 [B, num_steps] for a batch of prepared inputs."""
+  def decode(self, inputs: ModelInputs, num_steps: int,
+             datasets: Sequence[str] | None = None) -> np.ndarray:
+    """Greedy tokens int32 [B, num_steps] for a batch of prepared inputs.
+
+    datasets: one dataset key per example; with `constrain_actions` each example then
+    decodes under its action grammar (None: unconstrained).
+    """
+    allowed = None
+    if self.constrain_actions and datasets is not None:
+      rows = [self._grammar(d, num_steps) for d in datasets]
+      allowed = tuple(np.stack(parts) for parts in zip(*rows))
     out = greedy_decode(self.model, self.params, *jax.tree.map(jnp.asarray, inputs).args(),
-                        num_steps, weights=self._prepared_decode_weights())
+                        num_steps, weights=self._prepared_decode_weights(), allowed=allowed)
     return np.asarray(jax.device_get(out))
+
+  def _grammar(self, dataset: str, num_steps: int) -> tuple[np.ndarray, ...]:
+    """`SequenceBuilder.action_grammar` of a dataset's chunk, cached."""
+    key = (dataset, int(num_steps))
+    if key not in self._grammars:
+      self._grammars[key] = self.builder.action_grammar(
+          self.chunk_len, self.action_dim(dataset), int(num_steps))
+    return self._grammars[key]
 
   @property
   def decode_errors(self) -> int:
@@ -365,6 +395,7 @@ class Policy:
     """Generated ids -> float32 [K, A] in robot units (or normalized)."""
     dataset = self._resolve_dataset(dataset)
     a = self.action_dim(dataset)
+    self.invalid_decodes += int(self.builder.has_invalid_action_tokens(token_ids))
     norm = self.builder.actions_from_tokens(np.asarray(token_ids), a, self.chunk_len)
     if normalized:
       return norm.astype(np.float32)
@@ -424,7 +455,7 @@ class Policy:
         raise VlaxError(f"batch example {i}: {e}") from None
     batch = jax.tree.map(lambda *rows: np.stack(rows), *examples)
     steps = max(self.num_decode_steps(n) for n in set(names))
-    ids = self.decode(batch, steps)
+    ids = self.decode(batch, steps, names)
     actions = [self.tokens_to_actions(row, name) for row, name in zip(ids, names)]
     if not per_example:
       actions = np.stack(actions)
@@ -432,6 +463,7 @@ class Policy:
 
   def warmup(self, batch_size: int = 1, dataset: str | None = None) -> None:
     """Compiles the decode for this batch size (the first real call is then fast)."""
+    dataset = self._resolve_dataset(dataset)
     k = self.num_decode_steps(dataset)
     n = len(self.cameras) * int(self.seq.window)
     s = self.config.vision.image_size
@@ -440,7 +472,7 @@ class Policy:
         tokens=np.tile(prompt["tokens"], (batch_size, 1)),
         input_mask=np.tile(prompt["input_mask"], (batch_size, 1)),
         prefix_mask=np.tile(prompt["prefix_mask"], (batch_size, 1)))
-    self.decode(batch, k)
+    self.decode(batch, k, [dataset] * batch_size)
 
   def __repr__(self) -> str:
     g, v = self.config.llm, self.config.vision

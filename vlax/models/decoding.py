@@ -31,12 +31,29 @@ def _argmax(logits: jax.Array) -> jax.Array:
   return jnp.min(jnp.where(logits == top, iota, logits.shape[-1]), axis=-1)
 
 
+def _constrain(logits: jax.Array, allowed, t) -> jax.Array:
+  """Logits [B, V] with the ids not allowed at step t set to the lowest value.
+
+  allowed: (lo, hi int32 [B, S], extra int32 [B, S, E]): at step t example b may emit ids
+  in [lo, hi) and the E ids extra[b, t] (-1 = none); None = every id.
+  """
+  if allowed is None:
+    return logits
+  lo, hi, extra = (jnp.take(a, t, axis=1) for a in allowed)
+  ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1)
+  ok = (ids >= lo[:, None]) & (ids < hi[:, None])
+  for j in range(extra.shape[-1]):
+    ok = ok | (ids == extra[:, j, None])
+  return jnp.where(ok, logits, jnp.finfo(logits.dtype).min)
+
+
 @functools.lru_cache(maxsize=32)
 def _cached_greedy(config: VLAConfig, num_steps: int):
   model = VLA(config)
 
   @jax.jit
-  def run(params, images, image_mask, tokens, input_mask, prefix_mask, weights):
+  def run(params, images, image_mask, tokens, input_mask, prefix_mask, weights,
+          allowed=None):
     TRACE_COUNTS["greedy_decode"] += 1
     seq = images.shape[1] * config.vision.num_patches + tokens.shape[1]
     # Weights in matmul layout, one array per layer, and one cache array per layer, made
@@ -46,31 +63,42 @@ def _cached_greedy(config: VLAConfig, num_steps: int):
     logits, cache = model.apply({"params": params}, weights, images, image_mask, tokens,
                                 input_mask, prefix_mask, seq + num_steps,
                                 method=VLA.prefill_layers)
-    first = _argmax(logits)
+    first = _argmax(_constrain(logits, allowed, 0))
 
-    def step(carry, _):
+    def step(carry, t):
       token, cache = carry
       logits, cache = vla.decode_step_layers(config, weights, token, cache)
-      nxt = _argmax(logits)
+      nxt = _argmax(_constrain(logits, allowed, t))
       return (nxt, cache), nxt
 
-    _, rest = jax.lax.scan(step, (first, cache), None, length=num_steps - 1)
+    _, rest = jax.lax.scan(step, (first, cache), jnp.arange(1, num_steps))
     return jnp.concatenate([first[:, None], rest.T], axis=1)
 
   return run
 
 
 def greedy_decode(model: VLA, params, images, image_mask, tokens, input_mask, prefix_mask,
-                  num_steps: int, weights=None) -> jax.Array:
+                  num_steps: int, weights=None, allowed=None) -> jax.Array:
   """Greedy tokens int32 [B, num_steps] after each example's prompt, using the KV cache.
 
   weights: optional `prepare_weights(model, params)`, for callers that decode many times
   with the same params; by default they are built inside every call.
+  allowed: optional constrained decoding, (lo, hi int32 [B, num_steps], extra int32
+  [B, num_steps, E]): step t of example b picks the best id in [lo, hi) or among
+  extra[b, t] (-1 = unused); e.g. a robot prompt's action tokens then eos (RT-2 §3.2,
+  `SequenceBuilder.action_grammar`).
   """
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+  if allowed is not None:
+    allowed = tuple(jnp.asarray(a, jnp.int32) for a in allowed)
+    b = tokens.shape[0]
+    if (allowed[0].shape != (b, num_steps) or allowed[1].shape != (b, num_steps)
+        or allowed[2].shape[:2] != (b, num_steps)):
+      raise ValueError(f"allowed must be ([{b}, {num_steps}], [{b}, {num_steps}], "
+                       f"[{b}, {num_steps}, E]), got {[a.shape for a in allowed]}")
   fn = _cached_greedy(model.config, int(num_steps))
-  return fn(params, images, image_mask, tokens, input_mask, prefix_mask, weights)
+  return fn(params, images, image_mask, tokens, input_mask, prefix_mask, weights, allowed)
 
 
 @functools.lru_cache(maxsize=32)
