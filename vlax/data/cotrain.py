@@ -38,6 +38,7 @@ from vlax.actions import (ActionTokenizer, ActionVocab, BinTokenizer, default_ac
                           fit_action_tokenizer, make_action_tokenizer, openpi_action_vocab,
                           tokenizer_from_dict)
 from vlax.checkpoints import format as ckpt_format
+from vlax.data import concepts as concepts_lib
 from vlax.data import seeds as seeds_lib
 from vlax.data import statistics as stats_lib
 from vlax.envs import toy_env
@@ -294,7 +295,9 @@ def make_train_iterator(*, builder: SequenceBuilder, global_batch_size: int,
                         repeat: bool = True, process_index: int | None = None,
                         process_count: int | None = None,
                         rebuild: Callable[[int], Any] | None = None,
-                        fingerprint: Mapping[str, Any] | None = None) -> CotrainIterator:
+                        fingerprint: Mapping[str, Any] | None = None,
+                        concept: str = "", robot_drop_concept: bool = False,
+                        web_drop_concept: bool = False) -> CotrainIterator:
   """The training input: robot frames + web sources -> iterator of numpy batches.
 
   robot_frames: tf.data of standardized frames for THIS host (e.g. from
@@ -306,8 +309,14 @@ def make_train_iterator(*, builder: SequenceBuilder, global_batch_size: int,
   rebuild: start_step -> this pipeline's tf.data seeded for that step (what
     `CotrainIterator.restore_state` calls for a state saved by a run seeded otherwise).
   fingerprint: JSON-safe settings a saved state must match to be restored.
+  concept: a held-out word counted in both streams (`vlax.data.concepts`); robot frames
+    whose instruction names it are dropped with `robot_drop_concept`, web examples that
+    involve it with `web_drop_concept`.
   """
   pi, pc = process_info(process_index, process_count)
+  if concept and robot_frames is not None:
+    robot_frames = concepts_lib.filter_robot_frames(robot_frames, concept, builder.counters,
+                                                    robot_drop_concept)
   robot = builder.robot_dataset(robot_frames) if robot_frames is not None else None
   web = None
   if web_sources:
@@ -315,7 +324,8 @@ def make_train_iterator(*, builder: SequenceBuilder, global_batch_size: int,
         web_sources, image_size=builder.config.image_size, on_error=on_error,
         max_text_chars=max_text_chars, counters=builder.counters,
         seed=seed if web_seed is None else web_seed,
-        shuffle_buffer=shuffle_buffer, repeat=repeat, process_index=pi, process_count=pc)
+        shuffle_buffer=shuffle_buffer, repeat=repeat, process_index=pi, process_count=pc,
+        concept=concept, drop_concept=web_drop_concept)
     web = builder.web_dataset(raw, index_offset=num_robot_datasets)
   ds = make_cotrain_dataset(robot, web, global_batch_size=global_batch_size,
                             web_weight=web_weight, web_schedule=web_schedule, seed=seed,
@@ -340,6 +350,15 @@ def default_data_config():
   c.toy_end_at_success = True  # episodes end when the block is reached (no idle frames)
   c.toy_num_blocks = toy_env.NUM_BLOCKS  # blocks on the table (the instruction names one)
   c.toy_block_size = toy_env.BLOCK_SIZE  # block half-width in world units ([-1, 1] table)
+  # Held-out concept (vlax.data.concepts): a word, e.g. "purple"; "" = off. When set, both
+  # streams count the examples that involve it (DataCounters "<source>/concept_*").
+  c.held_out_concept = ""
+  # Robot data with a held-out concept: "absent" (toy scenes never draw that colour and
+  # instructions naming it are dropped), "distractor" (toy: it may be a distractor, never
+  # the target), or "keep" (unchanged; counted only).
+  c.held_out_robot = "absent"
+  # Drop every web example whose prompt, answer or drawn colours involve the concept.
+  c.web_drop_concept = False
   c.stats_cache_dir = ""  # "" = the robot pipeline's default (<workdir>/cache for toy)
   c.image_size = 64
   c.cameras = ("primary", "wrist")
@@ -393,7 +412,9 @@ def default_data_config():
 # Keys added after input states were first saved: left out of a state's fingerprint at
 # their default, so a run saved before they existed still resumes.
 _RECIPE_DEFAULTS = {"random_shift": 0, "proprio_dropout": 0.0, "proprio_noise": 0.0,
-                    "proprio_source": "proprio", "proprio_format": "text"}
+                    "proprio_source": "proprio", "proprio_format": "text",
+                    "held_out_concept": "", "held_out_robot": "absent",
+                    "web_drop_concept": False}
 
 
 def resolve_data_config(config: Any):
@@ -551,6 +572,22 @@ def action_vocab(d: Any, tok: ActionTokenizer, text: TextTokenizer,
   return default_action_vocab(text.vocab_size, tok.vocab_size)
 
 
+def held_out_concept(d: Any, entries: Sequence[tuple[str, float]]) -> str:
+  """config.data's held-out concept ("" = off), checked before any data is written."""
+  concept = concepts_lib.check_concept(d.held_out_concept)
+  mode = str(d.held_out_robot)
+  if mode not in toy_env.HELD_OUT_MODES:
+    raise VlaxError(f"config.data.held_out_robot must be one of {toy_env.HELD_OUT_MODES}, "
+                    f"got {mode!r}")
+  if bool(d.web_drop_concept) and not concept:
+    raise VlaxError("config.data.web_drop_concept=True needs config.data.held_out_concept")
+  toy_robots = any(n in toy.TOY_DATASETS for n, _ in entries) and not d.data_dir
+  if concept and toy_robots and mode != "keep" and concept not in toy_env.COLORS:
+    raise VlaxError(f"config.data.held_out_concept={concept!r} is not a toy block colour "
+                    f"({list(toy_env.COLORS)}), so the toy robot scenes cannot hold it out")
+  return concept
+
+
 def check_fits(builder: SequenceBuilder, robot: RobotData, *, chunk_len: int) -> None:
   """A VlaxError when no robot example of a dataset can fit data.max_len.
 
@@ -601,6 +638,7 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
   web_sources = [web_lib.WebSource(**dict(s)) for s in (d.web_sources or ())]
   web_names = [s.display_name for s in web_sources]
   _check_metric_names([n for n, _ in entries], web_names)
+  concept = held_out_concept(d, entries)
   robot = robot_data(d, entries, workdir=workdir or ".", process_index=process_index,
                      process_count=process_count)
 
@@ -656,7 +694,9 @@ def make_data_iterator(config: Any, *, process_index: int, process_count: int,
         max_text_chars=int(d.max_text_chars),
         shuffle_buffer=int(d.web_shuffle_buffer) if train else 1, repeat=train,
         process_index=process_index, process_count=process_count,
-        rebuild=lambda s: batches(s).dataset, fingerprint=fingerprint)
+        rebuild=lambda s: batches(s).dataset, fingerprint=fingerprint, concept=concept,
+        robot_drop_concept=str(d.held_out_robot) != "keep",
+        web_drop_concept=bool(d.web_drop_concept))
 
   meta = builder.metadata(dataset_names=robot.names + web_names, chunk_len=int(d.chunk_len),
                           statistics=robot.statistics)

@@ -18,6 +18,11 @@ Sources (`WebSource.kind`):
   * "tfrecord": shards (glob) of tf.train.Example {image: encoded bytes, prompt, answer}.
   * "toy":      procedural coloured shapes with learnable questions (`toy_examples`).
 
+Held-out concept (`make_web_dataset(concept=...)`): every example whose prompt, answer or
+drawn colours (known for the toy source, `toy_examples`' "colors") involve the concept word
+is counted ("web/concept_mention") or, with `drop_concept`, removed and counted
+("web/concept_dropped"); see `vlax.data.concepts`.
+
 Malformed data (missing image file, undecodable image, empty answer, text longer than
 `max_text_chars`, a record without image/conversations) is skipped or raises a VlaxError
 naming the culprit, per `on_error` ('skip' | 'raise'); skips are counted in a
@@ -40,6 +45,7 @@ import numpy as np
 from PIL import Image
 
 from vlax.data import seeds as seeds_lib
+from vlax.data.concepts import ConceptCounter
 from vlax.data.sequence import DataCounters, filter_flagged
 from vlax.errors import VlaxError
 
@@ -110,7 +116,8 @@ def toy_examples(num: int, image_size: int = 64, seed: int = 0) -> list[dict[str
 
   Questions ("what color is the square?", "where is the red circle?", "what shape is
   blue?", "caption en") are answerable from the image alone, so a model can learn them.
-  Deterministic in `seed`.
+  Each example also lists the colours it draws ("colors"), so a held-out colour can be
+  filtered by what the image shows, not only by its text. Deterministic in `seed`.
   """
   rng = np.random.default_rng(seed)
   colors = list(TOY_COLORS)
@@ -138,7 +145,8 @@ def toy_examples(num: int, image_size: int = 64, seed: int = 0) -> list[dict[str
     else:
       prompt = "caption en"
       answer = " and ".join(f"a {c} {s} at the {p}" for c, s, p in objs)
-    out.append({"image": img, "prompt": prompt, "answer": answer})
+    out.append({"image": img, "prompt": prompt, "answer": answer,
+                "colors": [c for c, _, _ in objs]})
   return out
 
 
@@ -183,11 +191,13 @@ def write_toy_tfrecords(out_dir: str | os.PathLike, num: int, image_size: int = 
 class _Checker:
   """Skip-or-raise + counting, shared by the python-side and graph-side checks."""
 
-  def __init__(self, on_error: str, counters: DataCounters, max_text_chars: int):
+  def __init__(self, on_error: str, counters: DataCounters, max_text_chars: int,
+               concept: str = "", drop_concept: bool = False):
     _check_on_error(on_error)
     self.on_error = on_error
     self.counters = counters
     self.max_text_chars = max_text_chars
+    self.concept = ConceptCounter(concept, "web", counters, drop_concept) if concept else None
 
   def fail(self, reason: str, dataset: str, detail: str) -> None:
     """Counts (skip) or raises (raise) one malformed example."""
@@ -214,13 +224,16 @@ class _Checker:
       self.fail("undecodable_image", dataset.decode(), f"{origin.decode()} ({e})")
       return np.zeros([1, 1, 3], np.uint8), False
 
-  def check_text_tf(self, prompt, answer, dataset, origin):
-    """numpy_function: (prompt, answer) -> ok."""
+  def check_text_tf(self, prompt, answer, dataset, origin, concepts=b""):
+    """numpy_function: (prompt, answer, the image's known concepts) -> ok."""
     p = prompt.decode("utf-8", errors="replace")
     a = answer.decode("utf-8", errors="replace")
     reason = self.text_problem(p, a)
     if reason is None:
-      return True
+      if self.concept is None:
+        return True
+      return self.concept.keep(f"{p}\n{a}\n{concepts.decode('utf-8', errors='replace')}",
+                               dataset.decode())
     self.fail(reason, dataset.decode(), f"{origin.decode()} (prompt {p[:60]!r}, "
                                         f"answer {a[:60]!r}, {len(p) + len(a)} chars)")
     return False
@@ -284,7 +297,8 @@ def _encoded_to_raw(ds, checker: _Checker, image_size: tuple[int, int], index: i
                                 [tf.uint8, tf.bool], stateful=True)
     img = tf.ensure_shape(img, [None, None, 3])
     ok_text = tf.numpy_function(checker.check_text_tf,
-                                [ex["prompt"], ex["answer"], name, ex["origin"]],
+                                [ex["prompt"], ex["answer"], name, ex["origin"],
+                                 ex.get("concepts", tf.constant(""))],
                                 tf.bool, stateful=True)
     out = {"image": images.process(img, image_size), "prompt": ex["prompt"],
            "answer": ex["answer"], "dataset_index": tf.constant(index, tf.int32),
@@ -303,8 +317,8 @@ def _decoded_to_raw(ds, checker: _Checker, image_size: tuple[int, int], index: i
 
   def fn(ex):
     ok = tf.numpy_function(checker.check_text_tf,
-                           [ex["prompt"], ex["answer"], name, ex["origin"]], tf.bool,
-                           stateful=True)
+                           [ex["prompt"], ex["answer"], name, ex["origin"],
+                            ex.get("concepts", tf.constant(""))], tf.bool, stateful=True)
     out = {"image": images.process(tf.cast(ex["image"], tf.uint8), image_size),
            "prompt": ex["prompt"], "answer": ex["answer"],
            "dataset_index": tf.constant(index, tf.int32), "dataset_name": tf.constant(name)}
@@ -361,7 +375,8 @@ def source_dataset(source: WebSource, index: int, *, image_size: tuple[int, int]
     ds = tf.data.Dataset.from_tensor_slices({
         "image": np.stack([e["image"] for e in exs]),
         "prompt": [e["prompt"] for e in exs], "answer": [e["answer"] for e in exs],
-        "origin": [f"toy example {i}" for i in range(len(exs))]})
+        "origin": [f"toy example {i}" for i in range(len(exs))],
+        "concepts": [" ".join(e["colors"]) for e in exs]})
     return _decoded_to_raw(ds, checker, image_size, index, name)
   if source.kind == "llava":
     triples = _llava_pairs(source, checker)[process_index::process_count]
@@ -420,11 +435,13 @@ def make_web_dataset(sources: Sequence[WebSource], *, image_size: tuple[int, int
                      on_error: str = "skip", max_text_chars: int = 2000,
                      counters: DataCounters | None = None, seed: int = 0,
                      shuffle_buffer: int = 1000, repeat: bool = True,
-                     process_index: int = 0, process_count: int = 1):
+                     process_index: int = 0, process_count: int = 1,
+                     concept: str = "", drop_concept: bool = False):
   """Web sources -> one tf.data of raw web examples, mixed by `WebSource.weight`.
 
   Deterministic for a given seed (the seed is folded with `process_index`); each host reads
   its own shard. With `repeat=False` the stream is finite (tests, evaluation).
+  concept: a word whose examples are counted, and removed with `drop_concept` (module doc).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if not sources:
@@ -432,7 +449,9 @@ def make_web_dataset(sources: Sequence[WebSource], *, image_size: tuple[int, int
   if isinstance(image_size, int):
     image_size = (image_size, image_size)
   counters = counters if counters is not None else DataCounters()
-  checker = _Checker(on_error, counters, max_text_chars)
+  if drop_concept and not concept:
+    raise VlaxError("make_web_dataset: drop_concept needs a concept")
+  checker = _Checker(on_error, counters, max_text_chars, concept, drop_concept)
   host_seed = seeds_lib.fold(seed, process_index)
   streams = []
   for i, src in enumerate(sources):

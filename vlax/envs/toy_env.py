@@ -17,11 +17,19 @@ Embodiments (different action spaces and cameras on purpose):
     cameras: primary + wrist. Success = end effector within `grasp_radius` of the target.
 Positions are in [-1, 1]; gripper is 1 (close) when within `grasp_radius` of the target,
 else 0 (raw, not normalized).
+
+Colour control (instruction following, held-out concepts): `target_colors` /
+`distractor_colors` restrict which colours the named block and the other blocks may have
+(`required_distractors` are always among the others), and `instruction_color` puts another
+word in the instruction ("move to the zorp block") while the metrics still measure the
+drawn target. With any of them set, an episode seed still gives the same layout (block
+positions, which block is the target, start) as the default scene: only the colours
+change, so conditions evaluated on the same seeds are paired.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -51,7 +59,11 @@ class ToyReachEnv:
   def __init__(self, embodiment: str = "a", *, image_size: int = 64,
                num_blocks: int = NUM_BLOCKS, block_size: float = BLOCK_SIZE,
                max_steps: int = 20, max_step_size: float = 0.15,
-               grasp_radius: float = 0.1, seed: int = 0):
+               grasp_radius: float = 0.1, seed: int = 0,
+               target_colors: Sequence[str] | None = None,
+               distractor_colors: Sequence[str] | None = None,
+               required_distractors: Sequence[str] = (),
+               instruction_color: str | None = None):
     if embodiment not in EMBODIMENTS:
       raise ValueError(f"unknown embodiment {embodiment!r}; use one of {list(EMBODIMENTS)}")
     if not 1 <= num_blocks <= len(COLORS):
@@ -59,6 +71,11 @@ class ToyReachEnv:
     if not 0.02 <= block_size <= 0.25:
       raise ValueError(f"block_size (half-width, world units) must be in [0.02, 0.25], "
                        f"got {block_size}")
+    self._colors = _color_pools(num_blocks, target_colors, distractor_colors,
+                                required_distractors)
+    if instruction_color is not None and not str(instruction_color).strip():
+      raise ValueError("instruction_color must be a non-empty word or None")
+    self.instruction_color = instruction_color
     self.embodiment = embodiment
     self.action_dim = EMBODIMENTS[embodiment]["action_dim"]
     self.proprio_dim = EMBODIMENTS[embodiment]["proprio_dim"]
@@ -101,14 +118,29 @@ class ToyReachEnv:
                        f"{self.block_size} apart on the table; use fewer or smaller blocks")
     self.block_pos = np.array(pos, np.float32)
     self.target = int(self.rng.integers(self.num_blocks))
-    self.instruction = f"move to the {self.block_colors[self.target]} block"
     self.pos = np.zeros(self.dim, np.float32)
     self.pos[:2] = self.rng.uniform(-0.9, 0.9, 2)
     if self.dim == 3:
       self.pos[2] = self.rng.uniform(0.3, 0.8)
+    if self._colors is not None:  # drawn last: the layout is the default scene's
+      self.block_colors = self._draw_colors()
+    word = self.instruction_color or self.block_colors[self.target]
+    self.instruction = f"move to the {word} block"
     self.gripper = 0.0
     self.t = 0
     return self.observation()
+
+  def _draw_colors(self) -> list[str]:
+    """Block colours under the colour pools: the target's, then the others'."""
+    targets, others, required = self._colors
+    target = targets[int(self.rng.integers(len(targets)))]
+    pool = [c for c in others if c != target and c not in required]
+    extra = self.num_blocks - 1 - len(required)
+    rest = list(required) + [pool[i] for i in self.rng.choice(len(pool), extra,
+                                                               replace=False)]
+    rest = [rest[i] for i in self.rng.permutation(len(rest))]
+    rest.insert(self.target, target)
+    return rest
 
   def target_position(self) -> np.ndarray:
     t = np.zeros(self.dim, np.float32)
@@ -176,14 +208,69 @@ class ToyReachEnv:
     return obs
 
 
+def _color_pools(num_blocks: int, target_colors: Sequence[str] | None,
+                 distractor_colors: Sequence[str] | None, required: Sequence[str]
+                 ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None:
+  """Checked (targets, distractors, required distractors), or None for the default draw."""
+  if target_colors is None and distractor_colors is None and not required:
+    return None
+  targets = tuple(COLORS if target_colors is None else target_colors)
+  others = tuple(COLORS if distractor_colors is None else distractor_colors)
+  required = tuple(required)
+  for what, cs in (("target_colors", targets), ("distractor_colors", others),
+                   ("required_distractors", required)):
+    unknown = [c for c in cs if c not in COLORS]
+    if unknown:
+      raise ValueError(f"{what}: unknown colours {unknown}; use {list(COLORS)}")
+  if not targets:
+    raise ValueError("target_colors is empty")
+  if len(set(required)) != len(required) or len(required) > num_blocks - 1:
+    raise ValueError(f"required_distractors {list(required)} must be distinct and at most "
+                     f"num_blocks - 1 = {num_blocks - 1}")
+  for t in targets:
+    pool = {c for c in others if c != t} - set(required)
+    if t in required or len(pool) < num_blocks - 1 - len(required):
+      raise ValueError(f"target colour {t!r} leaves too few distractor colours for "
+                       f"{num_blocks} blocks (distractors {list(others)}, required "
+                       f"{list(required)})")
+  return targets, others, required
+
+
+HELD_OUT_MODES = ("absent", "distractor", "keep")
+
+
+def held_out_colors(concept: str, mode: str = "absent") -> dict[str, tuple[str, ...]]:
+  """Colour pools that keep a held-out colour out of the scenes (empty dict: no change).
+
+  mode "absent": the colour is never drawn (no robot frame shows it); "distractor": it
+  may be a distractor but never the target (the instruction never names it); "keep":
+  scenes unchanged.
+  """
+  if mode not in HELD_OUT_MODES:
+    raise ValueError(f"held-out mode must be one of {HELD_OUT_MODES}, got {mode!r}")
+  concept = concept.strip().lower()
+  if not concept or mode == "keep":
+    return {}
+  if concept not in COLORS:
+    raise ValueError(f"held-out concept {concept!r} is not a toy block colour "
+                     f"({list(COLORS)})")
+  seen = tuple(c for c in COLORS if c != concept)
+  return {"target_colors": seen,
+          "distractor_colors": seen if mode == "absent" else tuple(COLORS)}
+
+
 def scene_kwargs(data_config: Any) -> dict[str, Any]:
   """ToyReachEnv scene arguments of a `config.data` (the same scene in data and rollouts).
 
   Configs and checkpoint metadata from before these keys existed get the env defaults.
+  A `held_out_concept` (with `held_out_robot`) adds the colour pools of `held_out_colors`.
   """
   get = data_config.get
-  return {"num_blocks": int(get("toy_num_blocks", None) or NUM_BLOCKS),
-          "block_size": float(get("toy_block_size", None) or BLOCK_SIZE)}
+  out: dict[str, Any] = {"num_blocks": int(get("toy_num_blocks", None) or NUM_BLOCKS),
+                         "block_size": float(get("toy_block_size", None) or BLOCK_SIZE)}
+  out.update(held_out_colors(str(get("held_out_concept", None) or ""),
+                             str(get("held_out_robot", None) or "absent")))
+  return out
 
 
 def rollout_oracle(env: ToyReachEnv, seed: int | None = None, *,

@@ -14,6 +14,15 @@ expert action, the data-generating policy: an upper bound).
 `evaluate_rollout` (behind `vlax eval --env toy_reach`) runs the checkpoint's policy for
 every toy embodiment it was trained on, plus the baselines, and writes OUT/report.json,
 OUT/rollout_success.png, OUT/rollout_trajectories_<dataset>.png and a printed table.
+
+Instruction following: success alone cannot tell "went to the named block" from "went to
+a block". The follow rate counts an episode as followed when the first block the end
+effector comes within `follow_radius` of (default: the grasp radius) is the named one;
+an episode that never comes that close counts the block nearest at the end. Chance is
+1 / num_blocks. Named `CONDITIONS` set the block colours per episode (a held-out
+`concept` colour as target, distractor, or the block a nonsense word may pick); every
+condition and policy runs on the same episode seeds, which give the same layouts, so
+results can be paired (McNemar) per episode.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from vlax.data.oxe.toy import TOY_DATASETS
-from vlax.envs.toy_env import EMBODIMENTS, ToyReachEnv, scene_kwargs
+from vlax.envs.toy_env import COLORS, EMBODIMENTS, ToyReachEnv, scene_kwargs
 from vlax.errors import VlaxError
 from vlax.inference.policy import Policy
 
@@ -34,6 +43,18 @@ BASELINES = ("zero", "random", "oracle")
 REPORT_FORMAT = "vlax-rollout/1"
 # Eval episodes use seeds far from the training data's (seed * 100_003 + episode).
 _SEED_OFFSET = 1_000_000_007
+# Evaluation conditions of the held-out-concept experiment (notes/cotraining-evidence.md
+# section 4): "seen" = the other colours.
+#   seen:             a seen target with seen distractors;
+#   novel_target:     "move to the <concept> block" among seen distractors;
+#   novel_distractor: a seen target, the concept's block among the distractors;
+#   nonsense:         "move to the zorp block" with the concept's block and seen ones; the
+#                     concept's block is the "target", so follow = went to the novel colour.
+CONDITIONS = ("seen", "novel_target", "novel_distractor", "nonsense")
+DEFAULT_CONCEPT = "purple"
+NONSENSE_WORD = "zorp"
+_COLOR_KEYS = ("target_colors", "distractor_colors", "required_distractors",
+               "instruction_color")
 
 
 def _toy_datasets() -> dict[str, str]:
@@ -53,6 +74,30 @@ def dataset_of(embodiment: str) -> str:
       return name
   raise VlaxError(f"unknown toy_reach embodiment {embodiment!r}; use one of "
                   f"{sorted(_toy_datasets().values())} or {sorted(_toy_datasets())}")
+
+
+def episode_seed(seed: int, episode: int) -> int:
+  """The env seed of episode `episode` of a rollout with `seed` (shared by every policy and
+  condition, so their episodes pair up)."""
+  return _SEED_OFFSET + int(seed) * 100_003 + int(episode)
+
+
+def condition_kwargs(condition: str, concept: str = DEFAULT_CONCEPT) -> dict[str, Any]:
+  """ToyReachEnv colour arguments of a named evaluation condition (see CONDITIONS)."""
+  if concept not in COLORS:
+    raise VlaxError(f"concept {concept!r} is not a toy block colour ({list(COLORS)})")
+  seen = tuple(c for c in COLORS if c != concept)
+  if condition == "seen":
+    return {"target_colors": seen, "distractor_colors": seen}
+  if condition == "novel_target":
+    return {"target_colors": (concept,), "distractor_colors": seen}
+  if condition == "novel_distractor":
+    return {"target_colors": seen, "distractor_colors": seen,
+            "required_distractors": (concept,)}
+  if condition == "nonsense":
+    return {"target_colors": (concept,), "distractor_colors": seen,
+            "instruction_color": NONSENSE_WORD}
+  raise VlaxError(f"unknown condition {condition!r}; use one of {list(CONDITIONS)}")
 
 
 def _chunk_fn(policy: Any, dataset: str, action_dim: int, rng: np.random.Generator
@@ -96,13 +141,20 @@ def rollout(policy: Any, env_name: str = "toy_reach", episodes: int = 20, seed: 
             embodiment: str = "a", dataset: str | None = None, execute_steps: int = 1,
             max_steps: int = 20, image_size: int = 64,
             env_kwargs: Mapping[str, Any] | None = None,
-            keep_trajectories: int = 8) -> dict[str, Any]:
-  """Runs `episodes` episodes; returns success rate and distances (JSON-safe dict).
+            keep_trajectories: int = 8, condition: str | None = None,
+            concept: str = DEFAULT_CONCEPT,
+            follow_radius: float | None = None) -> dict[str, Any]:
+  """Runs `episodes` episodes; returns success and follow rates (JSON-safe dict).
 
+  condition: one of CONDITIONS (block colours per episode, with `concept` the novel
+  colour); it replaces any colour arguments of `env_kwargs`.
   Keys: success_rate, successes, episodes, mean_steps (steps until success, else
-  max_steps), mean_final_distance, mean_min_distance, success_per_episode,
-  num_predictions, and `trajectories` (end-effector paths and targets of the first
-  `keep_trajectories` episodes, for plots).
+  max_steps), mean_final_distance, mean_min_distance, success_per_episode, follow_rate,
+  follows, follow_per_episode, follow_chance (1 / blocks), reached_block (episodes that
+  came within follow_radius of some block), target_color_per_episode,
+  chosen_color_per_episode, instructions, num_predictions, decode_errors and
+  invalid_decodes (policies that count them), and `trajectories` (end-effector paths,
+  targets and blocks of the first `keep_trajectories` episodes, for plots).
   """
   if env_name not in ENVS:
     raise VlaxError(f"unknown environment {env_name!r}; available: {list(ENVS)}")
@@ -115,13 +167,22 @@ def rollout(policy: Any, env_name: str = "toy_reach", episodes: int = 20, seed: 
   dataset = dataset or dataset_of(embodiment)
   n = int(episodes)
   kwargs = dict(env_kwargs or {})
+  if condition is not None:
+    kwargs = {k: v for k, v in kwargs.items() if k not in _COLOR_KEYS}
+    kwargs.update(condition_kwargs(condition, concept))
   kwargs.setdefault("image_size", int(image_size))
   kwargs.setdefault("max_steps", int(max_steps))
-  envs = [ToyReachEnv(embodiment, seed=seed, **kwargs) for _ in range(n)]
-  obs = [e.reset(seed=_SEED_OFFSET + int(seed) * 100_003 + i) for i, e in enumerate(envs)]
+  try:
+    envs = [ToyReachEnv(embodiment, seed=seed, **kwargs) for _ in range(n)]
+  except ValueError as e:
+    raise VlaxError(f"toy_reach scene{f' (condition {condition})' if condition else ''}: "
+                    f"{e}") from None
+  obs = [e.reset(seed=episode_seed(seed, i)) for i, e in enumerate(envs)]
   action_dim = envs[0].action_dim
+  radius = float(envs[0].grasp_radius if follow_radius is None else follow_radius)
   label, chunk_fn = _chunk_fn(policy, dataset, action_dim,
                               np.random.default_rng([int(seed), 17]))
+  counts_before = _decode_counts(policy)
   paths = [[e.pos.copy()] for e in envs]
   targets = [e.target_position() for e in envs]
   active = np.ones(n, bool)
@@ -157,21 +218,66 @@ def rollout(policy: Any, env_name: str = "toy_reach", episodes: int = 20, seed: 
         elif done:
           active[i] = False
       t += 1
+  chosen, reached = np.array([follow_choice(np.asarray(paths[i])[1:], e.block_pos, radius)
+                              for i, e in enumerate(envs)]).T
+  follow = chosen == np.array([e.target for e in envs])
+  reached = reached.astype(bool)
   keep = min(n, int(keep_trajectories))
-  return {
+  out = {
       "policy": label, "env": env_name, "embodiment": embodiment, "dataset": dataset,
       "episodes": n, "successes": int(success.sum()),
       "success_rate": float(success.mean()),
+      "follows": int(follow.sum()), "follow_rate": float(follow.mean()),
+      "follow_chance": 1.0 / envs[0].num_blocks, "follow_radius": radius,
+      "reached_block": int(reached.sum()),
       "mean_steps": float(steps.mean()),
       "mean_final_distance": float(final.mean()),
       "mean_min_distance": float(min_dist.mean()),
       "success_per_episode": [bool(s) for s in success],
+      "follow_per_episode": [bool(f) for f in follow],
+      "target_color_per_episode": [e.block_colors[e.target] for e in envs],
+      "chosen_color_per_episode": [e.block_colors[c] for e, c in zip(envs, chosen)],
+      "instructions": sorted({e.instruction for e in envs}),
       "execute_steps": int(execute_steps), "max_steps": int(horizon),
       "num_predictions": predictions, "seed": int(seed),
       "trajectories": [{"path": np.asarray(paths[i]).round(4).tolist(),
                         "target": np.asarray(targets[i]).round(4).tolist(),
-                        "success": bool(success[i])} for i in range(keep)],
+                        "blocks": [[round(float(x), 4), round(float(y), 4), c] for (x, y), c
+                                   in zip(envs[i].block_pos, envs[i].block_colors)],
+                        "success": bool(success[i]), "follow": bool(follow[i])}
+                       for i in range(keep)],
   }
+  if condition is not None:
+    out.update(condition=condition, concept=concept)
+  counts_after = _decode_counts(policy)
+  out.update({k: counts_after[k] - counts_before[k] for k in counts_after})
+  return out
+
+
+def follow_choice(path: np.ndarray, blocks: np.ndarray, radius: float) -> tuple[int, bool]:
+  """(block the episode chose, whether it came within `radius` of a block).
+
+  path: end-effector positions [T, D] after each action (D = 2, or 3 with height z);
+  blocks: block centres [N, 2] on the table (z = 0). The choice is the first block the
+  path comes within `radius` of (the nearest one if several), else the block nearest its
+  last position: distances as success measures them.
+  """
+  path = np.asarray(path, np.float64).reshape(len(path), -1)
+  centres = np.zeros((len(blocks), path.shape[1]))
+  centres[:, :2] = np.asarray(blocks)[:, :2]
+  d = np.linalg.norm(path[:, None, :] - centres[None], axis=-1)  # [T, N]
+  near = np.nonzero(d.min(axis=1) < radius)[0]
+  if near.size:
+    return int(np.argmin(d[near[0]])), True
+  return int(np.argmin(d[-1])), False
+
+
+def _decode_counts(policy: Any) -> dict[str, int]:
+  """The policy's running decode counters (vlax.Policy has them; baselines do not)."""
+  if isinstance(policy, str):
+    return {}
+  return {k: int(getattr(policy, k)) for k in ("decode_errors", "invalid_decodes")
+          if isinstance(getattr(policy, k, None), (int, np.integer))}
 
 
 # --------------------------------------------------------------------------- reports
@@ -182,12 +288,15 @@ def _summary(res: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def format_rollout_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
-  """One row per (dataset, policy): success rate, mean final distance, mean steps."""
-  header = ["dataset", "policy", "episodes", "success", "final dist", "min dist", "steps"]
+  """One row per (dataset, policy): success and follow rates (chance), mean final
+  distance, mean steps."""
+  header = ["dataset", "policy", "episodes", "success", "follow", "chance", "final dist",
+            "min dist", "steps"]
   rows = []
   for name, by_policy in results.items():
     for label, r in by_policy.items():
       rows.append([name, label, str(r["episodes"]), f"{r['success_rate']:.3f}",
+                   f"{r['follow_rate']:.3f}", f"{r['follow_chance']:.3f}",
                    f"{r['mean_final_distance']:.3f}", f"{r['mean_min_distance']:.3f}",
                    f"{r['mean_steps']:.1f}"])
   widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
@@ -238,6 +347,8 @@ def plot_rollouts(results: Mapping[str, Mapping[str, Mapping[str, Any]]], out_di
     for j, (label, r) in enumerate(shown):
       ax = fig.add_subplot(1, len(shown), j + 1)
       for tr in r["trajectories"]:
+        for x, y, c in tr.get("blocks", ()):
+          ax.plot(x, y, "s", color=np.asarray(COLORS[c]) / 255, ms=7, alpha=0.5)
         xy = np.asarray(tr["path"])[:, :2]
         color = "tab:green" if tr["success"] else "tab:red"
         ax.plot(xy[:, 0], xy[:, 1], color=color, lw=1.0)
@@ -247,7 +358,8 @@ def plot_rollouts(results: Mapping[str, Mapping[str, Mapping[str, Any]]], out_di
       ax.set_ylim(-1, 1)
       ax.set_aspect("equal")
       ax.tick_params(labelsize=7)
-      ax.set_title(f"{label}: {r['success_rate']:.2f}", fontsize=9)
+      ax.set_title(f"{label}: success {r['success_rate']:.2f}, follow "
+                   f"{r['follow_rate']:.2f}", fontsize=8)
     fig.suptitle(f"{name}: end-effector paths (square = target)", fontsize=10)
     fig.tight_layout()
     FigureCanvasAgg(fig)
@@ -282,16 +394,24 @@ def evaluate_rollout(checkpoint: str | None, out: str | None, env_name: str = "t
                      embodiment: str | None = None, seed: int = 0,
                      execute_steps: int = 1, baselines: Sequence[str] = BASELINES,
                      policy: Any = None, datasets: Sequence[str] | None = None,
-                     max_steps: int = 20,
+                     max_steps: int = 20, conditions: Sequence[str] | None = None,
+                     concept: str | None = None, follow_radius: float | None = None,
                      print_fn: Callable[[str], Any] | None = print) -> dict[str, Any]:
   """Rolls a checkpoint's Policy (or `policy`) out for each toy embodiment it knows.
 
   embodiment: "a"/"b" or a dataset name to evaluate only that one (default: every toy
   dataset with statistics in the checkpoint). Baselines run on the same episode seeds.
+  conditions: CONDITIONS names; each runs on the same seeds as the others, its results
+  keyed "<dataset>/<condition>" (default: the training scene, keyed "<dataset>").
+  concept: the novel colour of the conditions (default: the checkpoint's
+  data.held_out_concept, else "purple").
   Returns the report dict ({"results": {dataset: {policy label: summary}}, ...}).
   """
   if env_name not in ENVS:
     raise VlaxError(f"unknown environment {env_name!r}; available: {list(ENVS)}")
+  for c in conditions or ():
+    if c not in CONDITIONS:
+      raise VlaxError(f"unknown condition {c!r}; use one of {list(CONDITIONS)}")
   if policy is None:
     if not checkpoint:
       raise VlaxError("evaluate_rollout: give a checkpoint or a policy")
@@ -315,18 +435,29 @@ def evaluate_rollout(checkpoint: str | None, out: str | None, env_name: str = "t
   data_cfg = (meta.get("config") or {}).get("data") or {}
   if data_cfg.get("image_size"):
     image_size = int(data_cfg["image_size"])  # the resolution the policy was trained on
-  scene = scene_kwargs(data_cfg)  # the blocks the policy was trained on
+  try:
+    scene = scene_kwargs(data_cfg)  # the blocks the policy was trained on
+  except ValueError as e:
+    raise VlaxError(f"{checkpoint or 'policy'}: data config: {e}") from None
+  concept = concept or str(data_cfg.get("held_out_concept") or DEFAULT_CONCEPT)
   results: dict[str, dict[str, Any]] = {}
   for name in datasets:
-    results[name] = {}
-    for p in [policy, *baselines]:
-      r = rollout(p, env_name, episodes=episodes, seed=seed, embodiment=embodiment_of(name),
-                  dataset=name, execute_steps=execute_steps if not isinstance(p, str) else 1,
-                  max_steps=max_steps, image_size=image_size, env_kwargs=scene)
-      results[name][r["policy"]] = r
+    for cond in conditions or [None]:
+      key = name if cond is None else f"{name}/{cond}"
+      results[key] = {}
+      for p in [policy, *baselines]:
+        r = rollout(p, env_name, episodes=episodes, seed=seed,
+                    embodiment=embodiment_of(name), dataset=name,
+                    execute_steps=execute_steps if not isinstance(p, str) else 1,
+                    max_steps=max_steps, image_size=image_size, env_kwargs=scene,
+                    condition=cond, concept=concept, follow_radius=follow_radius)
+        results[key][r["policy"]] = r
   metadata = {"checkpoint": checkpoint, "step": meta.get("step"), "env": env_name,
               "episodes": int(episodes), "seed": int(seed),
-              "execute_steps": int(execute_steps), "max_steps": int(max_steps), **scene}
+              "execute_steps": int(execute_steps), "max_steps": int(max_steps),
+              **{k: list(v) if isinstance(v, tuple) else v for k, v in scene.items()}}
+  if conditions:
+    metadata.update(conditions=list(conditions), concept=concept)
   report = ({"format": REPORT_FORMAT, "results": {n: {p: _summary(r) for p, r in by.items()}
                                                   for n, by in results.items()},
              "metadata": metadata}

@@ -87,15 +87,19 @@ def toy_features(embodiment: str, image_size: int):
 def toy_episodes(embodiment: str, num_episodes: int, *, image_size: int = 64,
                  episode_len: int = 20, seed: int = 0, end_at_success: bool = False,
                  num_blocks: int = toy_env.NUM_BLOCKS,
-                 block_size: float = toy_env.BLOCK_SIZE):
+                 block_size: float = toy_env.BLOCK_SIZE,
+                 target_colors: Sequence[str] | None = None,
+                 distractor_colors: Sequence[str] | None = None):
   """Yields RLDS episodes of the oracle policy in ToyReachEnv (deterministic in seed).
 
   episode_len: the step limit; with `end_at_success` an episode ends at its successful
   step (5 steps on average), otherwise it always has `episode_len` steps.
-  num_blocks, block_size: the scene (see ToyReachEnv).
+  num_blocks, block_size, target_colors, distractor_colors: the scene (see ToyReachEnv;
+  the colour pools keep a held-out colour out, `toy_env.held_out_colors`).
   """
   env = ToyReachEnv(embodiment, image_size=image_size, max_steps=episode_len, seed=seed,
-                    num_blocks=num_blocks, block_size=block_size)
+                    num_blocks=num_blocks, block_size=block_size,
+                    target_colors=target_colors, distractor_colors=distractor_colors)
   for i in range(num_episodes):
     steps = rollout_oracle(env, seed=seed * 100_003 + i, end_at_success=end_at_success)
     out = []
@@ -118,6 +122,8 @@ def write_toy_robot_data(data_dir: str, *, num_episodes: int = 100, image_size: 
                          end_at_success: bool = False,
                          num_blocks: int = toy_env.NUM_BLOCKS,
                          block_size: float = toy_env.BLOCK_SIZE,
+                         target_colors: Sequence[str] | None = None,
+                         distractor_colors: Sequence[str] | None = None,
                          overwrite: bool = False) -> dict[str, str]:
   """Writes the toy RLDS datasets under `data_dir`; returns {name: version dir}.
 
@@ -140,6 +146,11 @@ def write_toy_robot_data(data_dir: str, *, num_episodes: int = 100, image_size: 
                 "episode_len": int(episode_len), "seed": int(seed + k),
                 "end_at_success": bool(end_at_success), "num_shards": int(num_shards),
                 "num_blocks": int(num_blocks), "block_size": float(block_size)}
+    # Recorded only when set: data written before colour pools existed stays valid.
+    for key, value in (("target_colors", target_colors),
+                       ("distractor_colors", distractor_colors)):
+      if value is not None:
+        settings[key] = list(value)
     settings_path = os.path.join(path, SETTINGS_FILE)
     if (not overwrite and os.path.exists(os.path.join(path, "dataset_info.json"))
         and _read_settings(settings_path) in (settings, None)):
@@ -150,7 +161,8 @@ def write_toy_robot_data(data_dir: str, *, num_episodes: int = 100, image_size: 
         name, data_dir, toy_features(emb, image_size),
         toy_episodes(emb, num_episodes, image_size=image_size, episode_len=episode_len,
                      seed=seed + k, end_at_success=end_at_success,
-                     num_blocks=num_blocks, block_size=block_size),
+                     num_blocks=num_blocks, block_size=block_size,
+                     target_colors=target_colors, distractor_colors=distractor_colors),
         version=VERSION, num_shards=num_shards,
         description=f"vlax toy reaching data, embodiment {emb}")
     with open(settings_path, "w") as f:
