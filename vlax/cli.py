@@ -87,8 +87,13 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
       heartbeat_timeout_s=int(with_defaults(config).distributed.heartbeat_timeout_s))
   from vlax.training.trainer import train
   train_fn, eval_fn = _data_fns(args.workdir)
+  web_eval_fn = None
+  if int(with_defaults(config).web_eval_every):
+    from vlax.evaluation.web_eval import make_web_eval_fn
+    web_eval_fn = make_web_eval_fn(with_defaults(config))
   summary = train(config, args.workdir, data_iterator_fn=train_fn,
-                  eval_iterator_fn=eval_fn if int(config.get("eval_every", 0)) else None)
+                  eval_iterator_fn=eval_fn if int(config.get("eval_every", 0)) else None,
+                  web_eval_fn=web_eval_fn)
   print(json.dumps({k: summary[k] for k in ("step", "preempted", "resumed_from", "seconds")
                     if k in summary}, default=str))
 
@@ -270,7 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workers", type=int, default=1,
                  help="--env metaworld: processes the tasks are split over")
   p.add_argument("--seed", type=int, default=0, help="--env: first episode seed")
+  p.add_argument("--condition", default=None,
+                 help="--env toy_reach: block colours per episode, comma-separated of "
+                      "seen, novel_target, novel_distractor, nonsense (same seeds each)")
+  p.add_argument("--concept", default=None,
+                 help="--env toy_reach --condition: the novel colour (default: the "
+                      "checkpoint's data.held_out_concept, else purple)")
   p.add_argument("--max-batches", type=int, default=None, help="limit offline eval batches")
+  p.add_argument("--web", action="store_true",
+                 help="score held-out web (VQA) data of the checkpoint's web sources: exact "
+                      "match and multiple-choice accuracy per question type, with chance")
+  p.add_argument("--web-examples", type=int, default=None, metavar="N",
+                 help="--web: held-out examples to score (default 600)")
   _raw_weights_flag(p)
   p.set_defaults(fn=_cmd_eval)
 

@@ -3,7 +3,9 @@
   * no --env: offline action prediction on held-out robot data (`offline`, with the
     held-out stream in `offline_data`): OUT/report.json, PNGs, a table;
   * --env toy_reach: closed-loop rollouts in the toy environment (`rollout`);
-  * --env metaworld: closed-loop Meta-World tasks (`metaworld_eval`; needs .[sim]).
+  * --env metaworld: closed-loop Meta-World tasks (`metaworld_eval`; needs .[sim]);
+  * --web: held-out web (VQA) data of the checkpoint's web sources (`web_eval`): exact
+    match and multiple-choice accuracy per question type.
 
 The offline eval's Python API is re-exported here (`evaluate_offline`, `make_eval_fn`,
 `EvalData`, ...), so `from vlax.evaluation.run import ...` keeps working. None of these
@@ -25,6 +27,7 @@ from vlax.evaluation.offline import (PredictFn, evaluate_offline, load_checkpoin
                                      make_eval_fn, make_predict_fn, oracle_predict_fn)
 from vlax.evaluation.offline_data import DATA_KEYS, EvalData, eval_config
 from vlax.evaluation.rollout import evaluate_rollout
+from vlax.evaluation.web_eval import DEFAULT_NUM_EXAMPLES, evaluate_web
 
 __all__ = ["DATA_KEYS", "EvalData", "PredictFn", "eval_config", "evaluate_offline",
            "load_checkpoint", "main_eval", "make_eval_fn", "make_predict_fn",
@@ -97,10 +100,18 @@ _CACHE = "_eval_data"
 
 
 def _dispatch(args, overrides: Sequence[str]) -> dict[str, Any]:
+  if getattr(args, "web", False):
+    return _web(args, overrides)
+  if getattr(args, "web_examples", None) is not None:
+    raise VlaxError("--web-examples is for --web")
   env = getattr(args, "env", None)
   curve = bool(getattr(args, "all_steps", False)) or getattr(args, "steps", None) is not None
   if curve and env != "metaworld":
     raise VlaxError("--all-steps / --steps are for --env metaworld")
+  conditions = [c.strip() for c in (getattr(args, "condition", None) or "").split(",")
+                if c.strip()]
+  if (conditions or getattr(args, "concept", None)) and env != "toy_reach":
+    raise VlaxError("--condition and --concept are for --env toy_reach")
   if env == "metaworld":
     if overrides or getattr(args, "config", None):
       raise VlaxError("--config and --config.* are for the offline eval, not for --env")
@@ -136,7 +147,9 @@ def _dispatch(args, overrides: Sequence[str]) -> dict[str, Any]:
                             episodes=int(args.episodes or 20), step=args.step,
                             embodiment=getattr(args, "embodiment", None),
                             execute_steps=int(getattr(args, "execute_steps", None) or 1),
-                            seed=int(getattr(args, "seed", None) or 0))
+                            seed=int(getattr(args, "seed", None) or 0),
+                            conditions=conditions or None,
+                            concept=getattr(args, "concept", None))
   return evaluate_offline(args.checkpoint, args.out, step=args.step, config=args.config,
                           overrides=overrides, max_batches=args.max_batches)
 
@@ -146,3 +159,21 @@ def _metaworld_tasks(args) -> str:
     return args.tasks
   raise VlaxError(f"--env metaworld needs --tasks (mt10, mt50 or names such as "
                   f"{metaworld.MT10[0]})")
+
+
+def _web(args, overrides: Sequence[str]) -> dict[str, Any]:
+  """--web: held-out web (VQA) scores of the checkpoint (`web_eval.evaluate_web`)."""
+  given = (("--env", getattr(args, "env", None)),
+           ("--config", getattr(args, "config", None)), ("--config.*", overrides),
+           ("--max-batches", getattr(args, "max_batches", None)),
+           ("--all-steps", getattr(args, "all_steps", False)),
+           ("--steps", getattr(args, "steps", None)),
+           ("--condition", getattr(args, "condition", None)),
+           ("--concept", getattr(args, "concept", None)))
+  other = [flag for flag, value in given if value not in (None, False, "", [], ())]
+  if other:
+    raise VlaxError(f"--web scores held-out web data; {', '.join(other)} "
+                    f"{'is' if len(other) == 1 else 'are'} for the other evals")
+  n = getattr(args, "web_examples", None)
+  return evaluate_web(args.checkpoint, args.out, step=args.step,
+                      num_examples=DEFAULT_NUM_EXAMPLES if n is None else int(n))

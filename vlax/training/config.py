@@ -56,6 +56,12 @@ def default_train_config() -> ml_collections.ConfigDict:
   c.restart_over_unreadable = False
   c.eval_every = 0            # validation loss every N steps (0 = off) ...
   c.eval_steps = 10           # ... over M batches
+  # Held-out web (VQA) scores every N steps (0 = off), on process 0, over M examples of
+  # the run's toy web sources: web_eval/exact_match, web_eval/mc_accuracy and the same
+  # per question type (vlax.evaluation.web_eval; `vlax train` wires it in, a direct
+  # train() call passes web_eval_fn=make_web_eval_fn(config)).
+  c.web_eval_every = 0
+  c.web_eval_examples = 200
   c.lora = ml_collections.ConfigDict({
       "rank": 0,              # 0 = off; > 0: LoRA adapters on `targets`, everything else
                               # frozen (vlax.models.lora); metadata['lora'] is saved

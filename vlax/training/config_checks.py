@@ -29,6 +29,8 @@ _RULES: dict[str, tuple[str, Callable[[Any], bool], str]] = {
     "keep_best": (_INT, lambda v: v >= 0, ">= 0"),
     "eval_every": (_INT, lambda v: v >= 0, ">= 0 (0 = off)"),
     "eval_steps": (_INT, lambda v: v > 0, "> 0"),
+    "web_eval_every": (_INT, lambda v: v >= 0, ">= 0 (0 = off)"),
+    "web_eval_examples": (_INT, lambda v: v > 0, "> 0"),
     "lora.rank": (_INT, lambda v: v >= 0, ">= 0 (0 = off)"),
     "lora.alpha": ("float", lambda v: v > 0, "> 0"),
     "mesh.data": (_INT, lambda v: v == -1 or v > 0, "> 0 or -1 (the rest)"),

@@ -28,6 +28,9 @@ data_iterator_fn(config, process_index, process_count, start_step)
   saved and restored with each checkpoint (see data_state.py).
 eval_iterator_fn(config, process_index, process_count) -> iterator (same batches), fresh
   per evaluation; or None.
+web_eval_fn(params, metadata) -> {"web_eval/...": float}: held-out web (VQA) scores every
+  config.web_eval_every steps, run on process 0 only (params gathered to it first when
+  they span processes); or None (`vlax.evaluation.web_eval.make_web_eval_fn(config)`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from typing import Any, Callable, Iterator, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from vlax.errors import VlaxError
 from vlax.models.batch import Batch
@@ -74,6 +78,7 @@ _acc_jit = jax.jit(step_lib.accumulate)  # adds a step's metric sums to the wind
 def train(config: Any, workdir: str, *,
           data_iterator_fn: Callable[..., tuple[Iterator[Mapping[str, np.ndarray]], dict]],
           eval_iterator_fn: Callable[..., Iterator[Mapping[str, np.ndarray]]] | None = None,
+          web_eval_fn: Callable[[Any, Mapping], Mapping[str, float]] | None = None,
           mesh: jax.sharding.Mesh | None = None,
           on_log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
   """Trains (or resumes) in `workdir`; returns a summary dict.
@@ -90,15 +95,15 @@ def train(config: Any, workdir: str, *,
   preemption = Preemption()  # first, so a SIGTERM during set-up is not fatal
   lock = workdir_lock.WorkdirLock(os.path.abspath(workdir))  # taken in _train
   try:
-    return _train(with_defaults(config), workdir, data_iterator_fn, eval_iterator_fn, mesh,
-                  on_log, preemption, t_start, lock)
+    return _train(with_defaults(config), workdir, data_iterator_fn, eval_iterator_fn,
+                  web_eval_fn, mesh, on_log, preemption, t_start, lock)
   finally:
     lock.release()
     preemption.close()
 
 
-def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, preemption,
-           t_start, lock):
+def _train(config, workdir, data_iterator_fn, eval_iterator_fn, web_eval_fn, mesh, on_log,
+           preemption, t_start, lock):
   # Set-up: checks, mesh, WORKDIR/config.json, the checkpoint manager.
   config_checks.check_train_config(config)
   workdir = os.path.abspath(workdir)
@@ -110,6 +115,7 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
   local_bs = batch_size // nproc
   log_every, ckpt_every = max(1, int(config.log_every)), int(config.checkpoint_every)
   eval_every = int(config.eval_every) if eval_iterator_fn else 0
+  web_eval_every = int(config.web_eval_every) if web_eval_fn else 0
   # One writer per workdir (process 0 holds WORKDIR/vlax.lock for the whole run).
   lock.acquire(pid, nproc, prepare=lambda: _make_workdir(workdir))
   if pid == 0:
@@ -158,9 +164,10 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
       is_log = step % log_every == 0 or is_last
       is_ckpt = (ckpt_every > 0 and step % ckpt_every == 0) or is_last
       is_eval = eval_every > 0 and (step % eval_every == 0 or is_last)
+      is_web_eval = web_eval_every > 0 and (step % web_eval_every == 0 or is_last)
       is_probe = unconfirmed is not None and step == unconfirmed + 1
       preempted = preemption.reached(step)
-      if not (is_log or is_ckpt or is_eval or preempted or is_probe):
+      if not (is_log or is_ckpt or is_eval or is_web_eval or preempted or is_probe):
         continue
       # Divergence: NaN/Inf in this window stops the run, naming the last good checkpoint.
       host = jax.device_get(acc)
@@ -173,9 +180,14 @@ def _train(config, workdir, data_iterator_fn, eval_iterator_fn, mesh, on_log, pr
       # Eval and log.
       if is_eval:
         with meter.timed("eval"):
-            pending_eval = _evaluate(setup, state.params, eval_iterator_fn, config,
-                                   run.dataset_names, local_bs)
+          pending_eval = {**pending_eval, **_evaluate(  # keeps web_eval/ not yet logged
+              setup, state.params, eval_iterator_fn, config, run.dataset_names, local_bs)}
         last_metrics.update(pending_eval)
+      if is_web_eval:
+        with meter.timed("eval"):
+          web = _web_evaluate(web_eval_fn, state.params, run.metadata)
+        pending_eval = {**pending_eval, **web}
+        last_metrics.update(web)
       if is_log:
         m = _log(logger, on_log, host, step, pending_eval, run.dataset_names, meter)
         pending_eval, acc = {}, None
@@ -418,6 +430,16 @@ def _reopen_data(data_iterator_fn, config, workdir: str, step: int | None, pid: 
   it, _, restored = data_state.open_data(data_iterator_fn, config, workdir, step, pid, nproc)
   first = Batch.from_host(next(it), local_bs, step or 0)
   return it, first, restored
+
+
+def _web_evaluate(web_eval_fn, params, metadata: Mapping[str, Any]) -> dict[str, float]:
+  """web_eval/ metrics, computed on process 0 only (the others return {}): decoding is
+  no collective, so its params are first gathered to that host when they span several."""
+  if jax.process_count() > 1:
+    params = multihost_utils.process_allgather(params)  # every process takes part
+  if jax.process_index() != 0:
+    return {}
+  return {k: float(v) for k, v in web_eval_fn(params, metadata).items()}
 
 
 def _evaluate(setup: ModelSetup, params, eval_iterator_fn, config, dataset_names,
