@@ -28,8 +28,11 @@ import pytest
 # Manual runs may change the budget: VLAX_E2E_PRE_STEPS=3000 python tests/e2e/test_finetune_e2e.py
 # The debug model leaves its proprio-only plateau after ~1000-1500 steps (README "Toy
 # closed loop"); 150 steps, as this test once used, transfer only the action format.
-# 1400 (was 2000, cut for the CI budget): seed 0 measured below, with margin on each bound.
-PRE_STEPS = int(os.environ.get("VLAX_E2E_PRE_STEPS", 1400))
+# 2000: at 1400 (its CI-budget setting until it became a manual test) seed 0 passed on
+# one machine (2026-12-05) and failed on another (2026-12-07: token accuracy 0.76, closed
+# loop 5/20, identical metrics from the code of both days): when the plateau ends depends
+# on the CPU's float rounding, so the bound needs steps to spare.
+PRE_STEPS = int(os.environ.get("VLAX_E2E_PRE_STEPS", 2000))
 FT_STEPS = int(os.environ.get("VLAX_E2E_FT_STEPS", 200))
 ROLLOUT_EPISODES = 20
 QUIET = [
@@ -145,7 +148,7 @@ def test_finetune_changes_action_dim_chunk_and_cameras(tmp_path):
   assert action.shape == (2, 2)  # chunk 2 of [dx, dy]
 
 
-@pytest.mark.manual  # ~15 minutes on 2 busy cores: VLAX_MANUAL_TESTS=1 (README "Tests")
+@pytest.mark.manual  # ~16 minutes on 2 quiet cores: VLAX_MANUAL_TESTS=1 (README "Tests")
 def test_finetune_beats_untuned_and_scratch(tmp_path):
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # one CPU device: the tiny model is not worth 8 shards
