@@ -347,6 +347,15 @@ def s0_gate(res: Mapping[str, Any]) -> bool | None:
   return None if status == "missing" else status == "pass"
 
 
+
+def _near_chance(what: str, cond: Mapping[str, Any] | None) -> Any:
+  """A control's check: its follow rate within CONTROL_BAND of chance (None: not run)."""
+  ok = None if cond is None else (
+      abs(cond["follow"]["rate"] - cond["follow_chance"]) <= CONTROL_BAND + _EPS)
+  return _check(f"{what} within {CONTROL_BAND * 100:.0f} points of chance", ok,
+                f"{_f(cond and cond['follow']['rate'])} (chance "
+                f"{_f(cond and cond['follow_chance'])})")
+
 def goals(res: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
   """(the issue's retention and transfer goals as checks, notes on how to read them)."""
   ret = retention_table(res)
@@ -392,19 +401,9 @@ def goals(res: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
                     f">= {SEEN_FOLLOW_MIN:.2f} (not drawn to the new colour)",
                     None if nd is None else nd["follow"]["rate"] >= SEEN_FOLLOW_MIN - _EPS,
                     _f(nd and nd["follow"]["rate"])))
-  out.append(_check(f"Control: A2 picks {CONCEPT} for a nonsense word within "
-                    f"{CONTROL_BAND * 100:.0f} points of chance",
-                    None if ns is None else
-                    abs(ns["follow"]["rate"] - ns["follow_chance"]) <= CONTROL_BAND + _EPS,
-                    f"{_f(ns and ns['follow']['rate'])} (chance "
-                    f"{_f(ns and ns['follow_chance'])})"))
-  a4 = nt["a4"]
-  out.append(_check(f"Control: A4 (no {CONCEPT} in any data) follows '{CONCEPT}' within "
-                    f"{CONTROL_BAND * 100:.0f} points of chance",
-                    None if a4 is None else
-                    abs(a4["follow"]["rate"] - a4["follow_chance"]) <= CONTROL_BAND + _EPS,
-                    f"{_f(a4 and a4['follow']['rate'])} (chance "
-                    f"{_f(a4 and a4['follow_chance'])})"))
+  out.append(_near_chance(f"Control: A2 picks {CONCEPT} for a nonsense word", ns))
+  out.append(_near_chance(f"Control: A4 (no {CONCEPT} in any data) follows '{CONCEPT}'",
+                          nt["a4"]))
   a1 = nt["a1"]
   if a1 and a1["follow"]["rate"] >= a1["follow_chance"] + TRANSFER_OVER_CHANCE - _EPS:
     notes.append(f"A1 also follows '{CONCEPT}' ({a1['follow']['rate']:.2f}): the concept "

@@ -47,6 +47,8 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from vlax.data import seeds as seeds_lib
 from vlax.data import web as web_lib
@@ -482,8 +484,6 @@ def make_web_eval_fn(config: Any, batch_size: int = DEFAULT_BATCH_SIZE
 def plot_web_eval(report: Mapping[str, Any], path: str) -> str:
   """Bars per question type and overall: exact match and multiple choice, with each
   group's chance level as a black line."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   groups = list(report["types"].items()) + [("overall", {
       "exact_match": report["overall"]["exact_match"],
       "multiple_choice": report["overall"]["multiple_choice"],
