@@ -309,6 +309,24 @@ def paired_tests(res: Mapping[str, Any], condition: str = "novel_target"
   return out
 
 
+def word_tests(res: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """Per arm, exact McNemar of novel_target against nonsense follows. Both conditions show
+  the same scenes (a purple target among seen colours) and differ only in the word ('purple'
+  or 'zorp'), so the difference is what the word itself does, with the "go to the
+  new-looking block" heuristic common to both cancelled. Reported, not a registered goal."""
+  out = []
+  for arm in experiment.ARMS:
+    nt, ns = _cond(res, arm, "novel_target"), _cond(res, arm, "nonsense")
+    if not (nt and ns) or len(nt["follow_per_episode"]) != len(ns["follow_per_episode"]):
+      continue
+    counts = stats.paired_counts(nt["follow_per_episode"], ns["follow_per_episode"])
+    out.append({"arm": arm, "rate_word": nt["follow"]["rate"],
+                "rate_nonsense": ns["follow"]["rate"],
+                "difference": nt["follow"]["rate"] - ns["follow"]["rate"], **counts,
+                "p_value": stats.mcnemar_exact(counts["only_a"], counts["only_b"])})
+  return out
+
+
 def _check(name: str, ok: bool | None, detail: str) -> dict[str, Any]:
   return {"name": name, "status": "missing" if ok is None else ("pass" if ok else "fail"),
           "detail": detail}
@@ -416,6 +434,7 @@ def analyze(res: dict[str, Any]) -> dict[str, Any]:
   """Adds retention, paired tests, gates, goals and notes to `collect`'s result."""
   res["retention"] = retention_table(res)
   res["paired_tests"] = paired_tests(res)
+  res["word_tests"] = word_tests(res)
   res["gates"] = gates(res)
   res["goals"], res["notes"] = goals(res)
   return res
@@ -474,6 +493,18 @@ def markdown(res: Mapping[str, Any]) -> str:
               "| A vs B | A | B | A - B | only A | only B | p |", "|" + "---|" * 7]
     for t in tests:
       lines.append(f"| {t['a']} vs {t['b']} | {t['rate_a']:.3f} | {t['rate_b']:.3f} | "
+                   f"{t['difference']:+.3f} | {t['only_a']} | {t['only_b']} | "
+                   f"{t['p_value']:.2g} |")
+  words = res.get("word_tests", [])
+  if words:
+    lines += ["", f"The word itself (reported, not a registered goal): the same scenes, a "
+              f"{CONCEPT} block among seen ones, with 'move to the {CONCEPT} block' "
+              f"(novel_target) or 'move to the zorp block' (nonsense); follow = went to the "
+              f"{CONCEPT} block; exact McNemar, two-sided:", "",
+              f"| arm | '{CONCEPT}' | 'zorp' | difference | only '{CONCEPT}' | only 'zorp' "
+              "| p |", "|" + "---|" * 7]
+    for t in words:
+      lines.append(f"| {t['arm']} | {t['rate_word']:.3f} | {t['rate_nonsense']:.3f} | "
                    f"{t['difference']:+.3f} | {t['only_a']} | {t['only_b']} | "
                    f"{t['p_value']:.2g} |")
   lines += ["", "Gates (if one fails, the run says nothing):"]

@@ -244,6 +244,14 @@ def test_summary_gates_and_goals_from_fake_reports(tmp_path):
   assert test["p_value"] == pytest.approx(stats.mcnemar_exact(70, 10))
   assert test["p_value"] < 1e-10 and test["difference"] == pytest.approx(0.3)
 
+  # The word's own effect per arm: novel_target vs nonsense on the same scenes.
+  words = {t["arm"]: t for t in res["word_tests"]}
+  assert set(words) == {"a1", "a2", "a4"}  # a3 has no loop report
+  assert (words["a2"]["only_a"], words["a2"]["only_b"], words["a2"]["both"]) == (50, 0, 110)
+  assert words["a2"]["difference"] == pytest.approx(0.25)
+  assert words["a2"]["p_value"] == pytest.approx(stats.mcnemar_exact(50, 0))
+  assert words["a1"]["difference"] == pytest.approx(0.0)  # 90 + 10 vs the first 100
+
   assert [g["status"] for g in res["gates"]] == ["pass"] * 4
   goals = [(c["name"], c["status"]) for c in res["goals"]]
   assert [s for _, s in goals] == ["pass", "pass", "pass", "pass", "pass", "pass", "pass",
@@ -256,6 +264,7 @@ def test_summary_gates_and_goals_from_fake_reports(tmp_path):
   assert "| a1 | 0 | 0.100 | 0.900 | 0.167 | 0.000 | 0.800 | -0.08 | 0.88 | -0.20 | 0.000 |" \
       in md
   assert "| a2 vs a1 | 0.800 | 0.500 | +0.300 | 70 | 10 |" in md
+  assert "| a2 | 0.800 | 0.550 | +0.250 | 50 | 0 |" in md
   assert "- **PASS** S0 VQA exact match >= 0.90, overall and on purple questions: " \
          "overall 1.000, purple 1.000" in md
   assert "- **FAIL** Control: A4" in md and "Not run yet: a3/loop, a4/web." in md

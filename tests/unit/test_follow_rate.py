@@ -103,7 +103,7 @@ def test_follow_rate_oracle_detour_and_never_near():
 
 def test_conditions_set_colours_and_instructions():
   kw = dict(episodes=8, seed=0, embodiment="b", image_size=16, keep_trajectories=8)
-  layouts = {}
+  layouts, full_scenes = {}, {}
   for cond in CONDITIONS:
     for blocks in (2, 3):
       r = rollout("oracle", env_kwargs={"num_blocks": blocks}, condition=cond, **kw)
@@ -129,6 +129,9 @@ def test_conditions_set_colours_and_instructions():
       # Same seeds, same layouts: every condition pairs with the others per episode.
       pos = [[b[:2] for b in tr["blocks"]] for tr in r["trajectories"]]
       assert layouts.setdefault(blocks, pos) == pos
+      if cond in ("novel_target", "nonsense"):  # the same scenes, colours included:
+        # only the instruction's word differs, so the pair isolates the word's effect
+        assert full_scenes.setdefault(blocks, scenes) == scenes
   with pytest.raises(VlaxError, match="required_distractors"):
     rollout("oracle", env_kwargs={"num_blocks": 1}, condition="novel_distractor", **kw)
   with pytest.raises(VlaxError, match="unknown condition"):
