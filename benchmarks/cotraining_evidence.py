@@ -301,12 +301,18 @@ def paired_tests(res: Mapping[str, Any], condition: str = "novel_target"
                   "detail": f"seeds/episodes differ: {la['seed']}/{la['episodes']} vs "
                             f"{lb['seed']}/{lb['episodes']}"})
       continue
-    counts = stats.paired_counts(ca["follow_per_episode"], cb["follow_per_episode"])
     out.append({"a": a, "b": b, "condition": condition, "paired": True,
                 "rate_a": ca["follow"]["rate"], "rate_b": cb["follow"]["rate"],
-                "difference": ca["follow"]["rate"] - cb["follow"]["rate"], **counts,
-                "p_value": stats.mcnemar_exact(counts["only_a"], counts["only_b"])})
+                **_mcnemar(ca, cb)})
   return out
+
+
+def _mcnemar(ca: Mapping[str, Any], cb: Mapping[str, Any]) -> dict[str, Any]:
+  """Follow-rate difference, discordant counts and exact McNemar p of two paired
+  condition summaries (the same episode seeds)."""
+  counts = stats.paired_counts(ca["follow_per_episode"], cb["follow_per_episode"])
+  return {"difference": ca["follow"]["rate"] - cb["follow"]["rate"], **counts,
+          "p_value": stats.mcnemar_exact(counts["only_a"], counts["only_b"])}
 
 
 def word_tests(res: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -319,11 +325,8 @@ def word_tests(res: Mapping[str, Any]) -> list[dict[str, Any]]:
     nt, ns = _cond(res, arm, "novel_target"), _cond(res, arm, "nonsense")
     if not (nt and ns) or len(nt["follow_per_episode"]) != len(ns["follow_per_episode"]):
       continue
-    counts = stats.paired_counts(nt["follow_per_episode"], ns["follow_per_episode"])
     out.append({"arm": arm, "rate_word": nt["follow"]["rate"],
-                "rate_nonsense": ns["follow"]["rate"],
-                "difference": nt["follow"]["rate"] - ns["follow"]["rate"], **counts,
-                "p_value": stats.mcnemar_exact(counts["only_a"], counts["only_b"])})
+                "rate_nonsense": ns["follow"]["rate"], **_mcnemar(nt, ns)})
   return out
 
 
