@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="--env metaworld: step cap per episode (default 200)")
   p.add_argument("--image-ablation", default=None, choices=["shuffle", "black"],
                  help="--env metaworld: images shuffled across episodes, or black")
+  p.add_argument("--proprio-ablation", default=None, choices=["drop"],
+                 help="--env metaworld: prompts without proprio (the no-proprio rung of a "
+                      "policy trained with data.proprio_dropout)")
   p.add_argument("--layouts", default="eval", choices=["eval", "train"],
                  help="--env metaworld: the eval seeds' layouts, or the demos' own "
                       "(train: success there and not on eval layouts = memorised demos)")

@@ -134,3 +134,9 @@ def test_cli_dispatch(tmp_path, monkeypatch):
   assert [c["layouts"] for c in calls] == ["train", "train"]
   with pytest.raises(VlaxError, match="--layouts is for --env metaworld"):
     run.main_eval(_args(checkpoint=workdir, env="toy_reach", layouts="train"))
+  calls.clear()  # so does --proprio-ablation
+  run.main_eval(_args(checkpoint=workdir, out=str(tmp_path / "p"), all_steps=True,
+                      proprio_ablation="drop"))
+  assert [c["proprio_ablation"] for c in calls] == ["drop", "drop"]
+  with pytest.raises(VlaxError, match="--proprio-ablation is for --env metaworld"):
+    run.main_eval(_args(checkpoint=workdir, env="toy_reach", proprio_ablation="drop"))

@@ -238,3 +238,19 @@ def test_from_params_and_single_dataset_default(ckpt):
   assert out.shape == (K, 4)
   p2 = Policy.from_checkpoint(ckpt, dataset="robot_b")
   np.testing.assert_allclose(p2.predict_action(obs, "wave"), out)
+
+
+def test_proprio_dropped_gives_the_prompt_proprio_dropout_trained(policy):
+  """observation['proprio_dropped']: the prompt without proprio, token for token the one
+  training writes for a dropped example (the proprio_bins=0 prompt); no proprio needed."""
+  obs = make_observation(11, proprio_dim=PROPRIO["robot_a"])
+  kept = policy.prepare(obs, "open the drawer", dataset="robot_a")
+  dropped = policy.prepare({**obs, "proprio_dropped": True}, "open the drawer",
+                           dataset="robot_a")
+  plain = policy.builder.prompt_inputs("open the drawer")
+  np.testing.assert_array_equal(dropped.tokens, plain["tokens"])
+  assert dropped.input_mask.sum() < kept.input_mask.sum()
+  no_proprio = {k: v for k, v in obs.items() if k != "proprio"}
+  np.testing.assert_array_equal(
+      policy.prepare({**no_proprio, "proprio_dropped": True}, "open the drawer",
+                     dataset="robot_a").tokens, plain["tokens"])

@@ -156,3 +156,25 @@ def test_layouts_train_replays_the_demos_layouts_eval_never_does():
   with pytest.raises(VlaxError, match="layouts"):
     metaworld_eval.rollout_task(_CountingPolicy(), "reach-v3", episodes=1, max_steps=1,
                                 envs=[_FakeEnv()], layouts="test")
+
+
+class _ProprioRecordingPolicy(_CountingPolicy):
+  def __init__(self):
+    super().__init__()
+    self.dropped = []
+
+  def predict_action_batch(self, obs, instructions, dataset=None):
+    self.dropped.extend(bool(o.get("proprio_dropped", False)) for o in obs)
+    return super().predict_action_batch(obs, instructions, dataset)
+
+
+def test_proprio_ablation_drops_the_proprio_of_every_policy_prompt():
+  for mode, expect in ((None, False), ("drop", True)):
+    policy = _ProprioRecordingPolicy()
+    r = metaworld_eval.rollout_task(policy, "reach-v3", episodes=2, max_steps=2,
+                                    envs=[_FakeEnv(), _FakeEnv()], execute_steps=1,
+                                    proprio_ablation=mode)
+    assert policy.dropped == [expect] * 4 and r["proprio_ablation"] == mode
+  with pytest.raises(VlaxError, match="unknown proprio ablation"):
+    metaworld_eval.rollout_task(_CountingPolicy(), "reach-v3", episodes=1, max_steps=1,
+                                envs=[_FakeEnv()], proprio_ablation="zero")

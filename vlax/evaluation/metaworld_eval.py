@@ -15,7 +15,10 @@ them and not on eval layouts is memorisation, not a closed-loop failure.
 
 `image_ablation` measures what the images contribute: "shuffle" gives each episode the
 images of another episode of the same batch (same task, other layout, same step),
-"black" replaces them by zeros; proprio and instruction stay.
+"black" replaces them by zeros; proprio and instruction stay. `proprio_ablation="drop"`
+leaves the proprio out of every prompt (`proprio_dropped`: the prompt a policy trained
+with `data.proprio_dropout` saw on its dropped examples): the no-proprio rung measured
+on the same checkpoint.
 
 Outputs under OUT: report.json (`tasks: {T: {success_rate, mean_steps, baselines:
 {expert, zero, random}}}`, `average_success`), metaworld_success.png (bars per task and
@@ -43,6 +46,7 @@ from vlax.inference.policy import Policy
 REPORT_FORMAT = "vlax-metaworld/1"
 BASELINES = ("expert", "zero", "random")
 ABLATIONS = ("shuffle", "black")
+PROPRIO_ABLATIONS = ("drop",)
 # Which layouts the episodes use: the eval seeds (never in the demos), or the demos' own
 # (`train_seed`, the layouts make_metaworld_demos.py wrote with the same --seed): success
 # there and not on eval layouts means the policy memorised its demos' layouts.
@@ -70,6 +74,10 @@ def _trained_cameras(obs: list[dict[str, Any]], cameras: Sequence[str] | None
   keep = {f"image_{c}" for c in cameras}
   return [{k: v for k, v in o.items() if not k.startswith("image_") or k in keep}
           for o in obs]
+
+
+def _drop_proprio(obs: list[dict[str, Any]], mode: str | None) -> list[dict[str, Any]]:
+  return [{**o, "proprio_dropped": True} for o in obs] if mode == "drop" else obs
 
 
 def _ablate(obs: list[dict[str, Any]], mode: str | None, rng: np.random.Generator
@@ -105,7 +113,8 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
                  image_size: int = 64, full_state: bool = False,
                  image_ablation: str | None = None, keep_videos: int = 0,
                  envs: list | None = None, temporal_ensemble: float | None = None,
-                 layouts: str = "eval") -> dict[str, Any]:
+                 layouts: str = "eval", proprio_ablation: str | None = None
+                 ) -> dict[str, Any]:
   """Runs one policy (a Policy, or "expert" / "zero" / "random") on `episodes` seeded
   layouts of `task`. Returns a JSON-safe summary (+ "frames" of the first keep_videos
   episodes when images are rendered). `envs`: reuse these (one per episode; reset here,
@@ -117,6 +126,9 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
     raise VlaxError(f"execute_steps must be >= 1, got {execute_steps}")
   if image_ablation not in (None, "", *ABLATIONS):
     raise VlaxError(f"unknown image ablation {image_ablation!r}; use one of {ABLATIONS}")
+  if proprio_ablation not in (None, "", *PROPRIO_ABLATIONS):
+    raise VlaxError(f"unknown proprio ablation {proprio_ablation!r}; use one of "
+                    f"{PROPRIO_ABLATIONS}")
   layout_seed = _layout_seed_fn(layouts)
   baseline = isinstance(policy, str)
   name = {"expert": "oracle"}.get(policy, policy) if baseline else policy
@@ -158,6 +170,8 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
         for i in np.nonzero(active)[0]:
           obs[i] = envs[i].observation()  # finished episodes keep their last frame
       seen = _trained_cameras(_ablate(obs, image_ablation, ablate_rng), cameras)
+      if not baseline:
+        seen = _drop_proprio(seen, proprio_ablation)
       chunks = np.asarray(chunk_fn(envs, seen), np.float32)
       predictions += 1
       if chunks.ndim != 3 or chunks.shape[0] != n or chunks.shape[2] != envs[0].action_dim:
@@ -199,6 +213,7 @@ def rollout_task(policy: Any, task: str, episodes: int = 20, seed: int = 0,
       "success_per_episode": [bool(s) for s in success],
       "execute_steps": k, "max_steps": int(max_steps), "num_predictions": predictions,
       "seed": int(seed), "layouts": layouts, "image_ablation": image_ablation or None,
+      "proprio_ablation": (proprio_ablation or None) if not baseline else None,
       "temporal_ensemble": None if ensemble is None else float(temporal_ensemble),
       "frames": [np.stack(f) for f in frames], "video_success": [bool(s) for s in
                                                                   success[:keep]],
@@ -266,7 +281,8 @@ def format_table(report: Mapping[str, Any]) -> str:
 def _evaluate_task(policy: Any, task: str, episodes: int, seed: int, execute_steps: int,
                    max_steps: int, image_size: int, baselines: Sequence[str],
                    image_ablation: str | None, keep_videos: int,
-                   temporal_ensemble: float | None = None, layouts: str = "eval"
+                   temporal_ensemble: float | None = None, layouts: str = "eval",
+                   proprio_ablation: str | None = None
                    ) -> tuple[dict[str, Any], list[tuple[np.ndarray, bool]]]:
   """The policy and the baselines on one task: (report entry, [(frames, success)])."""
   full = _proprio_is_full(policy, mw_names.dataset_name(task))
@@ -274,7 +290,8 @@ def _evaluate_task(policy: Any, task: str, episodes: int, seed: int, execute_ste
   try:
     r = rollout_task(policy, task, episodes, seed, execute_steps, max_steps, image_size,
                      full, image_ablation, keep_videos=keep_videos, envs=envs,
-                     temporal_ensemble=temporal_ensemble, layouts=layouts)
+                     temporal_ensemble=temporal_ensemble, layouts=layouts,
+                     proprio_ablation=proprio_ablation)
     base = {b: rollout_task(b, task, episodes, seed, 1, max_steps, image_size, full,
                             envs=envs, layouts=layouts) for b in baselines}
   finally:
@@ -350,13 +367,15 @@ def evaluate_metaworld(checkpoint: str | None, out: str | None, tasks: str | Seq
                        baselines: Sequence[str] = BASELINES, policy: Any = None,
                        image_ablation: str | None = None, videos_per_task: int = 2,
                        workers: int = 1, temporal_ensemble: float | None = None,
-                       layouts: str = "eval", print_fn: Callable[[str], Any] | None = print) -> dict[str, Any]:
+                       layouts: str = "eval", proprio_ablation: str | None = None,
+                       print_fn: Callable[[str], Any] | None = print) -> dict[str, Any]:
   """Rolls the checkpoint's Policy (or `policy`) and the baselines out on `tasks`.
 
   workers > 1 splits the tasks over that many processes (each loads the checkpoint).
   temporal_ensemble: m of ACT-style chunk averaging (re-plans every step; None = off,
   then `execute_steps` actions of each chunk run open-loop). layouts: "eval" (the eval
-  seeds) or "train" (the demos' own layouts, a memorisation check).
+  seeds) or "train" (the demos' own layouts, a memorisation check). proprio_ablation
+  "drop": prompts without proprio (needs a policy whose prompt holds proprio).
   """
   task_list = metaworld_env.resolve_tasks(tasks)
   layout_seed = _layout_seed_fn(layouts)
@@ -378,6 +397,13 @@ def evaluate_metaworld(checkpoint: str | None, out: str | None, tasks: str | Seq
                     f"datasets: {known})")
   meta = getattr(policy, "metadata", None) or {}
   data_cfg = (meta.get("config") or {}).get("data") or {}
+  if proprio_ablation not in (None, "", *PROPRIO_ABLATIONS):
+    raise VlaxError(f"unknown proprio ablation {proprio_ablation!r}; use one of "
+                    f"{PROPRIO_ABLATIONS}")
+  seq = getattr(policy, "seq", None)
+  if proprio_ablation and seq is not None and not getattr(seq, "proprio_bins", 0):
+    raise VlaxError("--proprio-ablation drop: this policy's prompt holds no proprio "
+                    "(proprio_bins=0), there is nothing to drop")
   image_size = int(data_cfg.get("image_size") or 64)
   if temporal_ensemble is not None:
     if execute_steps not in (None, 1):
@@ -397,7 +423,8 @@ def evaluate_metaworld(checkpoint: str | None, out: str | None, tasks: str | Seq
             "baselines": tuple(baselines), "image_ablation": image_ablation,
             "keep_videos": videos_per_task if out is not None else 0,
             "temporal_ensemble": None if temporal_ensemble is None
-                                 else float(temporal_ensemble), "layouts": layouts}
+                                 else float(temporal_ensemble), "layouts": layouts,
+            "proprio_ablation": proprio_ablation or None}
   if int(workers) > 1 and checkpoint and len(task_list) > 1:
     del policy  # each worker loads its own
     done = _run_workers(checkpoint, step, task_list, int(workers), kwargs, print_fn)
@@ -424,6 +451,7 @@ def evaluate_metaworld(checkpoint: str | None, out: str | None, tasks: str | Seq
       "metadata": {"checkpoint": checkpoint, "step": meta.get("step"), "seed": int(seed),
                    "execute_steps": execute_steps, "max_steps": int(max_steps),
                    "image_size": image_size, "image_ablation": image_ablation or None,
+                   "proprio_ablation": proprio_ablation or None,
                    "temporal_ensemble": kwargs["temporal_ensemble"],
                    "layouts": layouts,
                    "eval_seeds": f"{layout_seed(seed, 0)}..{layout_seed(seed, episodes - 1)}"},

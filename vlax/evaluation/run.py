@@ -120,6 +120,7 @@ def _dispatch(args, overrides: Sequence[str]) -> dict[str, Any]:
         execute_steps=getattr(args, "execute_steps", None),
         max_steps=int(getattr(args, "max_steps", None) or 200),
         image_ablation=getattr(args, "image_ablation", None),
+        proprio_ablation=getattr(args, "proprio_ablation", None),
         baselines=[b.strip() for b in getattr(args, "baselines", "expert,zero,random")
                    .split(",") if b.strip()],
         workers=int(getattr(args, "workers", None) or 1),
@@ -138,6 +139,8 @@ def _dispatch(args, overrides: Sequence[str]) -> dict[str, Any]:
     raise VlaxError("--temporal-ensemble is for --env metaworld")
   if (getattr(args, "layouts", None) or "eval") != "eval":
     raise VlaxError("--layouts is for --env metaworld")
+  if getattr(args, "proprio_ablation", None):
+    raise VlaxError("--proprio-ablation is for --env metaworld")
   if env:
     if (overrides or getattr(args, "max_batches", None) is not None
         or getattr(args, "config", None)):

@@ -299,8 +299,10 @@ class Policy:
 
   def _proprio(self, observation: Mapping[str, Any], dataset: str
                ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The normalized proprio and its mask for the prompt (None when unused)."""
-    if not self.seq.proprio_bins:
+    """The normalized proprio and its mask for the prompt (None when unused).
+    `observation["proprio_dropped"]` true: the prompt without proprio, the one a policy
+    trained with `data.proprio_dropout` saw on its dropped examples."""
+    if not self.seq.proprio_bins or bool(np.any(observation.get("proprio_dropped", False))):
       return None, None
     st = self.statistics[dataset].get("proprio")
     dim = len(st["mean"]) if isinstance(st, Mapping) and "mean" in st else 0
@@ -409,7 +411,8 @@ class Policy:
 
     observation: {'image_<camera>': uint8 [H, W, 3] (any size), 'proprio': float [P]
     (robot units; used when the training prompt held proprio), optional
-    'image_<camera>_mask': bool}. Missing cameras are masked out. With
+    'image_<camera>_mask': bool, optional 'proprio_dropped': bool (the prompt without
+    proprio, as proprio dropout trained it)}. Missing cameras are masked out. With
     return_tokens=True returns (actions, generated token ids int32 [num_steps]).
     """
     out = self.predict_action_batch([observation], [instruction], dataset=dataset,
