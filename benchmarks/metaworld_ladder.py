@@ -9,7 +9,9 @@ the rung changes:
   image         the image policy (the config as shipped)
   shuffle       the image checkpoint with every episode given another episode's images:
                 what the cameras contribute (`--image-ablation shuffle`, no training)
-  no_proprio    the image policy without proprio in the prompt (`proprio_bins=0`)
+  no_proprio    the image checkpoint with prompts that leave the proprio out
+                (`--proprio-ablation drop`, no training: the shipped recipe trains with
+                proprio dropout, so those prompts are ones it was trained on)
   probe         `vlax vision-probe` on the image checkpoint: R^2 of object / goal
                 position from the vision tower, beside a random tower (no training)
 
@@ -41,12 +43,13 @@ TRAIN_OVERRIDES = {
     # state dim and proprio noise, without which it memorises its 50 demos' layouts.
     "state_oracle": ("--config.data.proprio_source=full_state", "--config.data.cameras=()",
                      "--config.data.proprio_format=action_tokens",
-                     "--config.data.proprio_noise=0.05", "--config.data.max_len=96"),
+                     "--config.data.proprio_noise=0.05", "--config.data.max_len=96",
+                     "--config.data.proprio_dropout=0"),
     "image": (),
-    "no_proprio": ("--config.data.proprio_bins=0",),
 }
 # Rungs that use another rung's checkpoint: rung -> (checkpoint rung, extra eval args).
-REUSES = {"shuffle": ("image", ("--image-ablation", "shuffle")), "probe": ("image", ())}
+REUSES = {"shuffle": ("image", ("--image-ablation", "shuffle")),
+          "no_proprio": ("image", ("--proprio-ablation", "drop")), "probe": ("image", ())}
 PROBE_TARGETS = ("object_pos", "object_pos_t0", "goal_pos")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

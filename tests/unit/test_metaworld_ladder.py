@@ -32,7 +32,11 @@ def test_dry_run_prints_every_rung(tmp_path, capsys):
                "--config.data.data_dir=/d", f"--workdir {out}/state_oracle"):
     assert flag in oracle, flag
   assert oracle.count("vlax train") == 1 and oracle.count("vlax eval --env metaworld") == 1
-  assert "--config.data.proprio_bins=0" in blocks["no_proprio"]
+  assert "--config.data.proprio_dropout=0" in oracle
+  # no_proprio: the image checkpoint, prompts without proprio; no training of its own.
+  no_proprio = blocks["no_proprio"]
+  assert "vlax train" not in no_proprio and "--proprio-ablation drop" in no_proprio
+  assert f"--checkpoint {out}/image " in no_proprio
   shuffle = blocks["shuffle"]
   assert "vlax train" not in shuffle and "--image-ablation shuffle" in shuffle
   assert f"--checkpoint {out}/image " in shuffle and "--temporal-ensemble" in shuffle
