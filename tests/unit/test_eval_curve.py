@@ -140,3 +140,35 @@ def test_cli_dispatch(tmp_path, monkeypatch):
   assert [c["proprio_ablation"] for c in calls] == ["drop", "drop"]
   with pytest.raises(VlaxError, match="--proprio-ablation is for --env metaworld"):
     run.main_eval(_args(checkpoint=workdir, env="toy_reach", proprio_ablation="drop"))
+
+
+def _step_report(step, seed=0, episodes=2, tasks=("reach-v3", "push-v3"), success=0.5):
+  return {"tasks": {t: {"success_rate": success} for t in tasks},
+          "average_success": success, "episodes": episodes, "baselines_average": {},
+          "metadata": {"checkpoint": "elsewhere", "step": step, "seed": seed,
+                       "execute_steps": 4, "max_steps": 200, "image_ablation": None,
+                       "proprio_ablation": None, "temporal_ensemble": None,
+                       "layouts": "eval"}}
+
+
+def test_a_step_already_evaluated_with_the_same_settings_is_read_not_rerun(tmp_path):
+  workdir = _run_dir(tmp_path)
+  out = str(tmp_path / "out")
+  for step, report in ((300, _step_report(300, success=0.9)),      # same settings: reused
+                       (200, _step_report(200, seed=7)),           # other seed: re-run
+                       (100, _step_report(100, tasks=("reach-v3",)))):  # other tasks
+    os.makedirs(os.path.join(out, f"step_{step}"))
+    with open(os.path.join(out, f"step_{step}", "report.json"), "w") as f:
+      json.dump(report, f)
+  calls = []
+  fake = _fake_eval({100: (0.0, 0.2), 200: (0.6, 0.4), 300: (0.0, 0.0)}, calls)
+  report = metaworld_curve.evaluate_curve(workdir, out, "reach,push", eval_fn=fake,
+                                          print_fn=None, progress=False, episodes=2,
+                                          seed=0, baselines=())
+  assert [c["step"] for c in calls] == [100, 200]
+  assert report["curve"][2]["mean_success"] == 0.9 and report["best_step"] == 300
+  calls.clear()  # a baseline the stored report lacks: run again
+  metaworld_curve.evaluate_curve(workdir, out, "reach,push", steps="300", eval_fn=fake,
+                                 print_fn=None, progress=False, episodes=2, seed=0,
+                                 baselines=("expert",))
+  assert [c["step"] for c in calls] == [300]

@@ -9,7 +9,10 @@ included), OUT/report.json ({format, curve: [{step, mean_success, per_task}], be
 steps, skipped, metadata}) and OUT/metaworld_curve.png (mean and per-task success vs
 step). A step whose eval fails (e.g. deleted or unreadable since it was listed) is
 recorded under `skipped` with its error and the others still run; no step evaluated is
-an error.
+an error. A step whose OUT/step_<N>/report.json already holds an eval with the same
+settings (tasks, episodes, seed, execute steps, cap, ablations, layouts, baselines) is
+read, not run again: an interrupted curve resumes, and a step evaluated on its own
+(`vlax eval --step N --out OUT/step_<N>`) joins the curve. Delete that report to redo it.
 """
 
 from __future__ import annotations
@@ -85,6 +88,36 @@ def assemble_curve(reports: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
   return {"curve": curve, "best_step": best}
 
 
+def _reusable_report(step_out: str | None, step: int, tasks: Sequence[str],
+                    kwargs: Mapping[str, Any]) -> Mapping[str, Any] | None:
+  """OUT/step_<N>/report.json when it is an eval of this step with these settings."""
+  path = None if step_out is None else os.path.join(step_out, "report.json")
+  if path is None or not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      r = json.load(f)
+  except (OSError, ValueError):
+    return None
+  meta = r.get("metadata") or {}
+  ensemble = kwargs.get("temporal_ensemble")
+  execute = 1 if ensemble is not None else int(kwargs.get("execute_steps") or
+                                               metaworld_eval.DEFAULT_EXECUTE_STEPS)
+  want = {"step": int(step), "seed": int(kwargs.get("seed") or 0), "execute_steps": execute,
+          "max_steps": int(kwargs.get("max_steps") or 200),
+          "image_ablation": kwargs.get("image_ablation") or None,
+          "proprio_ablation": kwargs.get("proprio_ablation") or None,
+          "temporal_ensemble": None if ensemble is None else float(ensemble),
+          "layouts": kwargs.get("layouts") or "eval"}
+  have = {k: meta.get(k) for k in want}
+  baselines = set(kwargs.get("baselines", metaworld_eval.BASELINES))
+  if (have != want or r.get("episodes") != int(kwargs.get("episodes") or 20)
+      or sorted(r.get("tasks") or {}) != sorted(tasks)
+      or not baselines <= set(r.get("baselines_average") or {})):
+    return None
+  return r
+
+
 def plot_curve(curve: Sequence[Mapping[str, Any]], path: str,
                title: str = "Meta-World closed loop vs training step") -> str:
   """Success rate vs step: the mean (thick) and each task (thin)."""
@@ -137,6 +170,7 @@ def evaluate_curve(checkpoint: str, out: str | None, tasks: str | Sequence[str],
     raise VlaxError(f"checkpoint not found: {checkpoint}")
   root = checkpoint_root(checkpoint)
   chosen = select_steps(ckpt_format.all_steps(root), parse_steps(steps))
+  task_names = metaworld_eval.metaworld_env.resolve_tasks(tasks)
   if out is not None:
     os.makedirs(out, exist_ok=True)
   reports: dict[int, Mapping[str, Any]] = {}
@@ -146,8 +180,10 @@ def evaluate_curve(checkpoint: str, out: str | None, tasks: str | Sequence[str],
   for step in bar:
     bar.set_postfix(step=step)
     step_out = None if out is None else os.path.join(out, f"step_{step}")
+    r = _reusable_report(step_out, step, task_names, eval_kwargs)
     try:
-      r = eval_fn(root, step_out, tasks, step=step, print_fn=None, **eval_kwargs)
+      if r is None:
+        r = eval_fn(root, step_out, tasks, step=step, print_fn=None, **eval_kwargs)
     except VlaxError as e:  # e.g. a step that became unreadable: the others still count
       skipped.append({"step": step, "error": str(e)})
       tqdm.write(f"step {step}: skipped ({e})", file=sys.stderr)
