@@ -172,3 +172,32 @@ def test_a_step_already_evaluated_with_the_same_settings_is_read_not_rerun(tmp_p
                                  print_fn=None, progress=False, episodes=2, seed=0,
                                  baselines=("expert",))
   assert [c["step"] for c in calls] == [300]
+
+
+def test_an_interrupted_cli_curve_keeps_its_finished_steps_and_resumes(tmp_path,
+                                                                         monkeypatch):
+  """`vlax eval --all-steps` stages OUT.partial; stopped at step 300, the steps it
+  finished land in OUT, and the same command then evaluates step 300 alone."""
+  workdir = _run_dir(tmp_path)
+  calls = []
+
+  def fake(checkpoint, out, tasks, *, step, print_fn=None, **kwargs):
+    del checkpoint, tasks, print_fn, kwargs
+    calls.append(step)
+    if step == 300 and len(calls) == 3:
+      raise RuntimeError("stopped")
+    report = _step_report(step, tasks=("reach-v3",))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "report.json"), "w") as f:
+      json.dump(report, f)
+    return report
+
+  monkeypatch.setattr(metaworld_curve.metaworld_eval, "evaluate_metaworld", fake)
+  out = str(tmp_path / "curve")
+  with pytest.raises(RuntimeError, match="stopped"):
+    run.main_eval(_args(checkpoint=workdir, out=out, all_steps=True))
+  assert sorted(os.listdir(out)) == ["step_100", "step_200"]
+  assert not os.path.exists(out + ".partial")
+  report = run.main_eval(_args(checkpoint=workdir, out=out, all_steps=True))
+  assert calls == [100, 200, 300, 300] and report["steps"] == [100, 200, 300]
+  assert os.path.isfile(os.path.join(out, "report.json"))

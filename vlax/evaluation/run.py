@@ -37,7 +37,9 @@ __all__ = ["DATA_KEYS", "EvalData", "PredictFn", "eval_config", "evaluate_offlin
 def main_eval(args, overrides: Sequence[str] = ()) -> dict[str, Any]:
   """`vlax eval` entry point (args: checkpoint, step, out, config, env, episodes,
   max_batches). Everything is written to OUT.partial and moved into OUT at the end, so
-  an eval that fails or is stopped (SIGTERM) leaves OUT as it was."""
+  an eval that fails or is stopped (SIGTERM) leaves OUT as it was, but for the steps a
+  learning curve finished (OUT/step_<N>/ with its report.json), which it keeps: the
+  curve run again reads them instead of evaluating them again."""
   if not getattr(args, "out", None):
     return _dispatch(args, overrides)
   out = args.out
@@ -52,7 +54,8 @@ def main_eval(args, overrides: Sequence[str] = ()) -> dict[str, Any]:
 class StagedOutput:
   """`with StagedOutput(OUT) as tmp:` a fresh OUT.partial directory to write into; on
   success its entries replace those of OUT, on any exception it is removed. OUT/_eval_data
-  (the generated toy-data cache) is carried into it and back."""
+  (the generated toy-data cache) and a curve's finished steps (`step_<N>/report.json`)
+  are carried into it and, on an exception, back."""
 
   def __init__(self, out: str):
     self.out = os.path.abspath(out.rstrip("/") or out)
@@ -68,7 +71,7 @@ class StagedOutput:
     except OSError as e:
       raise VlaxError(f"cannot create output directory {self.tmp}: "
                       f"{e.strerror or e}") from None
-    self._move(self.out, self.tmp, [_CACHE])
+    self._move(self.out, self.tmp, _kept(self.out))
     return self.tmp
 
   def __exit__(self, exc_type, exc, tb) -> None:
@@ -80,9 +83,12 @@ class StagedOutput:
     self.abort()
 
   def abort(self) -> None:
-    """Removes OUT.partial (the toy-data cache goes back into an existing OUT)."""
-    if os.path.isdir(self.out):
-      self._move(self.tmp, self.out, [_CACHE])
+    """Removes OUT.partial (the toy-data cache goes back into an existing OUT, finished
+    curve steps into OUT, made if need be)."""
+    keep = _kept(self.tmp)
+    if os.path.isdir(self.out) or any(n != _CACHE for n in keep):
+      os.makedirs(self.out, exist_ok=True)
+      self._move(self.tmp, self.out, keep)
     shutil.rmtree(self.tmp, ignore_errors=True)
 
   @staticmethod
@@ -97,6 +103,14 @@ class StagedOutput:
 
 
 _CACHE = "_eval_data"
+
+
+def _kept(directory: str) -> list[str]:
+  """What stays across a staged eval: the toy-data cache and finished curve steps."""
+  if not os.path.isdir(directory):
+    return []
+  return [_CACHE, *sorted(n for n in os.listdir(directory) if n.startswith("step_")
+                          and os.path.isfile(os.path.join(directory, n, "report.json")))]
 
 
 def _dispatch(args, overrides: Sequence[str]) -> dict[str, Any]:
