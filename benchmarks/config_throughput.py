@@ -19,7 +19,6 @@ cores the step computes on (low data wait).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -116,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({out['loop_steps_per_s']:.2f} steps/s, data wait "
         f"{100 * out['loop_data_wait_fraction']:.1f}%); loop/step {out['loop_vs_step']:.2f}")
   shutil.rmtree(workdir, ignore_errors=True)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(out, f, indent=2)
+  common.write_json(args.json, out)
   return 0
 
 
