@@ -20,7 +20,7 @@ Options (`--config experiments/metaworld_mt10.py:OPTS`, comma-separated):
               3000 steps
   heldout3    the 3 held-out tasks (`metaworld_mt10_heldout3`), 1500 steps with checkpoints
               every 500: with `init_from` the fine-tune, without it the same budget from
-              scratch (README "New task, few demos")
+              scratch (README "Few demos with the image recipe")
 """
 
 from vlax.data.cotrain import default_data_config
