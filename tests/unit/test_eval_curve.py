@@ -201,3 +201,22 @@ def test_an_interrupted_cli_curve_keeps_its_finished_steps_and_resumes(tmp_path,
   report = run.main_eval(_args(checkpoint=workdir, out=out, all_steps=True))
   assert calls == [100, 200, 300, 300] and report["steps"] == [100, 200, 300]
   assert os.path.isfile(os.path.join(out, "report.json"))
+
+
+def test_a_curve_killed_past_its_cleanup_keeps_its_finished_steps(tmp_path, monkeypatch):
+  """SIGKILL skips the cleanup: the finished steps stay in OUT.partial, and the next run
+  takes them back into OUT instead of deleting them with the stale staging directory."""
+  workdir = _run_dir(tmp_path)
+  out = str(tmp_path / "curve")
+  for step in (100, 200):  # what a killed run leaves: its finished steps, staged
+    os.makedirs(os.path.join(out + ".partial", f"step_{step}"))
+    with open(os.path.join(out + ".partial", f"step_{step}", "report.json"), "w") as f:
+      json.dump(_step_report(step, tasks=("reach-v3",)), f)
+  calls = []
+  monkeypatch.setattr(metaworld_curve.metaworld_eval, "evaluate_metaworld",
+                      _fake_eval({300: (0.7,)}, calls))
+  report = run.main_eval(_args(checkpoint=workdir, out=out, all_steps=True))
+  assert [c["step"] for c in calls] == [300] and report["steps"] == [100, 200, 300]
+  assert sorted(n for n in os.listdir(out) if n.startswith("step_")) == [
+      "step_100", "step_200", "step_300"]
+  assert not os.path.exists(out + ".partial")

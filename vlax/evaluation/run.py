@@ -66,7 +66,9 @@ class StagedOutput:
       raise VlaxError(f"--out {self.out} exists and is not a directory")
     try:
       if os.path.isdir(self.tmp):
-        shutil.rmtree(self.tmp)
+        # Left by a run killed past its cleanup (SIGKILL, a machine's end): the curve
+        # steps it finished are in there, not in OUT. Take them back before starting over.
+        self.abort()
       os.makedirs(self.tmp)
     except OSError as e:
       raise VlaxError(f"cannot create output directory {self.tmp}: "
