@@ -151,15 +151,20 @@ def _step_report(step, seed=0, episodes=2, tasks=("reach-v3", "push-v3"), succes
                        "layouts": "eval"}}
 
 
+def _write_step(directory, step, report):
+  """A finished curve step as the curve writes it: DIR/step_<N>/report.json."""
+  os.makedirs(os.path.join(directory, f"step_{step}"))
+  with open(os.path.join(directory, f"step_{step}", "report.json"), "w") as f:
+    json.dump(report, f)
+
+
 def test_a_step_already_evaluated_with_the_same_settings_is_read_not_rerun(tmp_path):
   workdir = _run_dir(tmp_path)
   out = str(tmp_path / "out")
   for step, report in ((300, _step_report(300, success=0.9)),      # same settings: reused
                        (200, _step_report(200, seed=7)),           # other seed: re-run
                        (100, _step_report(100, tasks=("reach-v3",)))):  # other tasks
-    os.makedirs(os.path.join(out, f"step_{step}"))
-    with open(os.path.join(out, f"step_{step}", "report.json"), "w") as f:
-      json.dump(report, f)
+    _write_step(out, step, report)
   calls = []
   fake = _fake_eval({100: (0.0, 0.2), 200: (0.6, 0.4), 300: (0.0, 0.0)}, calls)
   report = metaworld_curve.evaluate_curve(workdir, out, "reach,push", eval_fn=fake,
@@ -209,9 +214,7 @@ def test_a_curve_killed_past_its_cleanup_keeps_its_finished_steps(tmp_path, monk
   workdir = _run_dir(tmp_path)
   out = str(tmp_path / "curve")
   for step in (100, 200):  # what a killed run leaves: its finished steps, staged
-    os.makedirs(os.path.join(out + ".partial", f"step_{step}"))
-    with open(os.path.join(out + ".partial", f"step_{step}", "report.json"), "w") as f:
-      json.dump(_step_report(step, tasks=("reach-v3",)), f)
+    _write_step(out + ".partial", step, _step_report(step, tasks=("reach-v3",)))
   calls = []
   monkeypatch.setattr(metaworld_curve.metaworld_eval, "evaluate_metaworld",
                       _fake_eval({300: (0.7,)}, calls))

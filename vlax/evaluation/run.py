@@ -55,7 +55,8 @@ class StagedOutput:
   """`with StagedOutput(OUT) as tmp:` a fresh OUT.partial directory to write into; on
   success its entries replace those of OUT, on any exception it is removed. OUT/_eval_data
   (the generated toy-data cache) and a curve's finished steps (`step_<N>/report.json`)
-  are carried into it and, on an exception, back."""
+  are carried into it and, on an exception, back; a stale OUT.partial (a run killed
+  past this cleanup) gives its finished steps back to OUT before it is replaced."""
 
   def __init__(self, out: str):
     self.out = os.path.abspath(out.rstrip("/") or out)
