@@ -75,8 +75,10 @@ def test_init_sharded_params_equals_plain_init(setup):
   mesh = sharding.make_mesh(2, 2, 2)
   sharded = sharding.init_sharded_params(model, mesh, jax.random.PRNGKey(0), inputs)
   assert sharded["img"]["head"]["kernel"].sharding.spec == P(None, "fsdp")
+  # The same random stream: values agree to float rounding (the two programs fuse the
+  # initialisers' arithmetic differently; another stream would differ by ~0.1).
   for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(params)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
 
 
 @pytest.mark.slow
