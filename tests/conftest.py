@@ -13,6 +13,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# Tests marked `manual` train for many minutes to measure a recipe's quality (README
+# "Tests"); CI's 2 cores cannot fit them in its budget, so they run only when asked.
 RUN_MANUAL = os.environ.get("VLAX_MANUAL_TESTS") == "1"
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -54,8 +56,6 @@ _session_dir("VLAX_CACHE_DIR", "vlax-tests-cache-")
 # The longest test files, started first: with two xdist workers (README's test command) the
 # other worker meanwhile runs everything else, so both finish at about the same time.
 RUN_FIRST = ("tests/e2e/test_metaworld.py", "tests/e2e/test_old_checkpoints.py")
-# Tests marked `manual` train for many minutes to measure a recipe's quality (README
-# "Tests"); CI's 2 cores cannot fit them in its budget, so they run only when asked.
 
 
 def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
